@@ -1,0 +1,99 @@
+"""RecBole ``Config`` that also knows this package's models and YAMLs.
+
+Layering (lowest first), as in RecBole plus the plugin's files:
+
+1. RecBole internal: ``overall.yaml`` -> RecBole ``model/<Model>.yaml`` -> ``dataset/sample.yaml`` ->
+   RecBole ``dataset/<dataset>.yaml`` -> ``quick_start_config/sequential.yaml`` (for sequential models);
+2. plugin internal: ``properties/overall.yaml`` (run-control keys) -> ``properties/model/<Model>.yaml`` -> ``properties/dataset/<dataset>.yaml`` ->
+   ``properties/model/<Model>/<dataset>.yaml`` (most specific last; the plugin's model YAML therefore
+   wins over RecBole's ``sequential.yaml`` - keep ``eval_args`` out of model YAMLs);
+3. external: ``base_config_dict`` (the config stored in a checkpoint being resumed/evaluated) ->
+   config files -> ``config_dict`` -> command line ``--key=value``.
+"""
+
+import os
+
+from recbole.config import Config as RecBoleConfig
+
+from recbole_timeplug.registry import PROPERTIES_DIR, get_model, model_config_file
+
+# RecBole's default from overall.yaml, restored when a model YAML sets ``train_neg_sample_args: ~``
+# for CE but the user switches to a pairwise loss without saying how to sample.
+DEFAULT_TRAIN_NEG_SAMPLE_ARGS = {
+    "distribution": "uniform",
+    "sample_num": 1,
+    "alpha": 1.0,
+    "dynamic": False,
+    "candidate_num": 0,
+}
+
+
+class Config(RecBoleConfig):
+    """``recbole.config.Config`` resolving plugin models and loading the plugin's YAMLs.
+
+    Args:
+        model, dataset, config_file_list, config_dict: as in RecBole.
+        base_config_dict (dict, optional): lowest-priority external settings (used to rebuild the
+            configuration stored in a checkpoint; anything the user passes overrides it).
+    """
+
+    def __init__(
+        self,
+        model=None,
+        dataset=None,
+        config_file_list=None,
+        config_dict=None,
+        base_config_dict=None,
+    ):
+        self._base_config_dict = dict(base_config_dict or {})
+        super().__init__(model, dataset, config_file_list, config_dict)
+
+    @classmethod
+    def external_only(cls, config_file_list=None, config_dict=None):
+        """The merged external settings (files < dict < command line) without building a full Config."""
+        peek = cls.__new__(cls)
+        peek._base_config_dict = {}
+        peek.yaml_loader = peek._build_yaml_loader()
+        peek.file_config_dict = peek._load_config_files(config_file_list)
+        peek.variable_config_dict = peek._load_variable_config_dict(dict(config_dict or {}))
+        peek.cmd_config_dict = peek._load_cmd_line()
+        peek._merge_external_config_dict()
+        return peek.external_config_dict
+
+    def _merge_external_config_dict(self):
+        super()._merge_external_config_dict()
+        if self._base_config_dict:
+            merged = dict(self._base_config_dict)
+            merged.update(self.external_config_dict)
+            self.external_config_dict = merged
+
+    def _get_model_and_dataset(self, model, dataset):
+        if model is None:
+            model = self.external_config_dict.get("model")
+        if isinstance(model, str):
+            model = get_model(model)  # plugin first, RecBole second, clear error otherwise
+        return super()._get_model_and_dataset(model, dataset)
+
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        super()._load_internal_config_dict(model, model_class, dataset)
+        for path in (
+            os.path.join(PROPERTIES_DIR, "overall.yaml"),
+            model_config_file(model),
+            os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+            os.path.join(PROPERTIES_DIR, "model", model, f"{dataset}.yaml"),
+        ):
+            if path and os.path.isfile(path):
+                self._update_internal_config_dict(path)
+
+    def _set_default_parameters(self):
+        # RecBole rejects CE with negative sampling and its default samples one negative, so every CE
+        # model (SASRec's default included) would need ``train_neg_sample_args: ~``.  Unless the user
+        # set it explicitly, pick the value that matches the loss.
+        if "train_neg_sample_args" not in self.external_config_dict:
+            loss_type = self.final_config_dict.get("loss_type")
+            current = self.final_config_dict.get("train_neg_sample_args")
+            if loss_type == "CE":
+                self.final_config_dict["train_neg_sample_args"] = None
+            elif loss_type is not None and current in (None, "None"):
+                self.final_config_dict["train_neg_sample_args"] = dict(DEFAULT_TRAIN_NEG_SAMPLE_ARGS)
+        super()._set_default_parameters()

@@ -8,7 +8,9 @@
 """
 
 import argparse
+import sys
 
+from recbole_timeplug.errors import TimeplugError
 from recbole_timeplug.quick_start import run
 
 
@@ -39,4 +41,8 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except TimeplugError as err:  # bad input: say what is wrong and what to do, without a traceback
+        print(f"run_recbole.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

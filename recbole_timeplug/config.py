@@ -11,11 +11,9 @@ Layering (lowest first), as in RecBole plus the plugin's files:
    config files -> ``config_dict`` -> command line ``--key=value``.
 """
 
-import os
-
 from recbole.config import Config as RecBoleConfig
 
-from recbole_timeplug.registry import PROPERTIES_DIR, get_model, model_config_file
+from recbole_timeplug.registry import get_model, model_config_files
 
 # RecBole's default from overall.yaml, restored when a model YAML sets ``train_neg_sample_args: ~``
 # for CE but the user switches to a pairwise loss without saying how to sample.
@@ -76,14 +74,8 @@ class Config(RecBoleConfig):
 
     def _load_internal_config_dict(self, model, model_class, dataset):
         super()._load_internal_config_dict(model, model_class, dataset)
-        for path in (
-            os.path.join(PROPERTIES_DIR, "overall.yaml"),
-            model_config_file(model),
-            os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
-            os.path.join(PROPERTIES_DIR, "model", model, f"{dataset}.yaml"),
-        ):
-            if path and os.path.isfile(path):
-                self._update_internal_config_dict(path)
+        for path in model_config_files(model, dataset):
+            self._update_internal_config_dict(path)
 
     def _set_default_parameters(self):
         # RecBole rejects CE with negative sampling and its default samples one negative, so every CE

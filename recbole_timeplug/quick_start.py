@@ -24,7 +24,7 @@ from recbole.utils import get_environment, init_logger, init_seed, set_color
 
 from recbole_timeplug.checkpoint import TRUST_KEY, check_checkpoint_model, load_checkpoint, load_model_state
 from recbole_timeplug.config import Config
-from recbole_timeplug.errors import DatasetNotFoundError, MissingFieldError
+from recbole_timeplug.errors import DatasetNotFoundError, MissingFieldError, TimeplugError
 from recbole_timeplug.registry import get_model, get_trainer
 
 DATASET_DOCS = "dataset/README.md"
@@ -161,6 +161,11 @@ def run(
         return run_recbole(model, dataset, config_file_list, config_dict, saved=saved)
     if world_size == -1:
         world_size = nproc
+    if not torch.cuda.is_available():
+        raise TimeplugError(
+            f"Multi-process training (nproc={nproc}, world_size={world_size}) uses RecBole's DDP path, which "
+            f"needs CUDA GPUs (NCCL backend); this machine has none. Drop --nproc/--world_size to train on CPU."
+        )
     import torch.multiprocessing as mp
 
     queue = mp.get_context("spawn").SimpleQueue()
@@ -199,7 +204,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
 
     if config["test_only"]:
         if not checkpoint_path:
-            raise ValueError("`test_only: True` needs `checkpoint_path`: the checkpoint file to evaluate.")
+            raise TimeplugError("`test_only: True` needs `checkpoint_path`: the checkpoint file to evaluate.")
         valid_result = trainer.evaluate(valid_data, model_file=checkpoint_path, show_progress=show_progress)
         test_result = trainer.evaluate(test_data, model_file=checkpoint_path, show_progress=show_progress)
         best_valid_score = None

@@ -45,12 +45,21 @@ def register_model(name, target, config_file=None):
         _EXTRA_MODEL_YAMLS[name] = os.path.abspath(config_file)
 
 
-def model_config_file(name):
-    """The plugin YAML of defaults for ``name``, or None for RecBole models."""
-    if name in _EXTRA_MODEL_YAMLS:
-        return _EXTRA_MODEL_YAMLS[name]
-    path = os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml")
-    return path if os.path.isfile(path) else None
+def model_config_files(name, dataset):
+    """The plugin YAMLs for ``name`` on ``dataset``, least specific first (existing files only).
+
+    ``<Model>.yaml`` (next to the package's ``properties/model/`` or the file given to
+    :func:`register_model`), the package's ``properties/dataset/<dataset>.yaml``, then
+    ``<Model>/<dataset>.yaml`` beside the model YAML.
+    """
+    model_yaml = _EXTRA_MODEL_YAMLS.get(name, os.path.join(PROPERTIES_DIR, "model", f"{name}.yaml"))
+    candidates = [
+        os.path.join(PROPERTIES_DIR, "overall.yaml"),
+        model_yaml,
+        os.path.join(PROPERTIES_DIR, "dataset", f"{dataset}.yaml"),
+        os.path.join(os.path.dirname(model_yaml), name, f"{dataset}.yaml"),
+    ]
+    return [path for path in candidates if os.path.isfile(path)]
 
 
 def _import_target(target):

@@ -112,7 +112,8 @@ def capture_rng_state(generator=None):
 
 
 def restore_rng_state(state, generator=None):
-    """Inverse of :func:`capture_rng_state`."""
+    """Inverse of :func:`capture_rng_state` (the state may have been loaded onto a GPU: RNG states live on the CPU)."""
+    state = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()}
     random.setstate(
         (state["python_version"], tuple(int(x) for x in state["python"].tolist()), state["python_gauss"])
     )

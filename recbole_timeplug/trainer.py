@@ -33,15 +33,21 @@ from recbole_timeplug.checkpoint import (
 from recbole_timeplug.errors import CheckpointError
 
 
-def _unique_stem(directory, stem):
-    """``directory/stem`` made unique: runs started within the same second must not share files."""
-    candidate, n = stem, 1
-    while os.path.exists(os.path.join(directory, candidate + ".pth")) or os.path.exists(
-        os.path.join(directory, candidate + "-last.pth")
-    ):
+def _reserve_checkpoint_name(directory, stem):
+    """``directory/stem[-n].pth``, reserved atomically (O_EXCL) so that runs started in the same second,
+    e.g. parallel Ray trials, never share checkpoint files.  The empty placeholder is replaced by the
+    first save, or removed if the run saves nothing."""
+    os.makedirs(directory, exist_ok=True)
+    n = 1
+    while True:
+        candidate = os.path.join(directory, stem if n == 1 else f"{stem}-{n}")
+        if not os.path.exists(candidate + "-last.pth"):
+            try:
+                os.close(os.open(candidate + ".pth", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return candidate + ".pth"
+            except FileExistsError:
+                pass
         n += 1
-        candidate = f"{stem}-{n}"
-    return os.path.join(directory, candidate)
 
 
 def last_file_of(best_file):
@@ -58,7 +64,7 @@ class CheckpointMixin:
         self.distributed = not config["single_spec"]
         self.is_main = (not self.distributed) or config["local_rank"] == 0
         stem = f"{config['model']}-{config['dataset']}-{get_local_time()}"
-        base = _unique_stem(self.checkpoint_dir, stem) + ".pth" if self.is_main else None
+        base = _reserve_checkpoint_name(self.checkpoint_dir, stem) if self.is_main else None
         if self.distributed:  # every rank must name rank 0's file
             holder = [base]
             torch.distributed.broadcast_object_list(holder, src=0)
@@ -152,6 +158,8 @@ class CheckpointMixin:
             show_progress=show_progress,
             callback_fn=callback_fn,
         )
+        if not saved and self.is_main and not self._wrote_best:
+            _remove_placeholder(self.saved_model_file)
         if self._last_trained_epoch is not None:
             self._save_last_checkpoint(self._last_trained_epoch)
             if saved and verbose:
@@ -224,6 +232,11 @@ class CheckpointMixin:
             load_model_state(self.model, payload, self.config, checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+def _remove_placeholder(path):
+    if path and os.path.isfile(path) and os.path.getsize(path) == 0:
+        os.remove(path)
 
 
 def _plain_result(result):

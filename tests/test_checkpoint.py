@@ -112,3 +112,13 @@ def test_checkpoint_of_another_model_or_incompatible_config(tiny_config):
         run_recbole(config_dict=dict(tiny_config, model="GRU4Rec", checkpoint_path=path, test_only=True))
     with pytest.raises(CheckpointError, match=r"(?s)does not fit.*hidden_size: checkpoint 16, this run 32"):
         run_recbole(config_dict=dict(tiny_config, hidden_size=32, checkpoint_path=path, test_only=True))
+
+
+def test_runs_started_in_the_same_second_get_distinct_files(tiny_config, monkeypatch):
+    import recbole_timeplug.trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "get_local_time", lambda: "Jan-01-2026_00-00-00")
+    a = run_recbole(config_dict=dict(tiny_config, epochs=1))
+    b = run_recbole(config_dict=dict(tiny_config, epochs=1))
+    assert a["saved_model_file"] != b["saved_model_file"] and a["last_model_file"] != b["last_model_file"]
+    assert os.path.getsize(a["saved_model_file"]) > 0 and os.path.getsize(b["saved_model_file"]) > 0

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 
+from recbole_timeplug import _compat
 from recbole_timeplug.errors import TimeplugError
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
@@ -366,9 +367,6 @@ def hyperopt_search(
         trial), ``trials`` (every trial's ``params``, ``best_valid_score``, ``best_valid_result``,
         ``test_result``), ``output_file`` and the run's settings.
     """
-    from recbole_timeplug import _compat
-
-    _compat.apply()  # exhaustive search needs the hyperopt shim
     from recbole.trainer import HyperTuning
 
     from recbole_timeplug.quick_start import objective_function
@@ -449,9 +447,6 @@ def _ray_trainable(config, config_file_list=None, fixed_config=None):
     (ray 2.6 rejects a returned dict without the search metric). Checkpoints go to
     ``<checkpoint_dir>/<trial id>/``.
     """
-    from recbole_timeplug import _compat
-
-    _compat.apply()
     from recbole_timeplug.quick_start import objective_function
 
     merged = dict(fixed_config or {})
@@ -459,8 +454,8 @@ def _ray_trainable(config, config_file_list=None, fixed_config=None):
     merged["gpu_id"] = _ray_gpu_ids()
     trial_id = _ray_trial_id()
     if trial_id and merged.get("checkpoint_dir"):
-        # Concurrent trials started in the same second would otherwise pick the same checkpoint file
-        # name, and one trial could test the other's weights.
+        # One folder per trial keeps its best/-last checkpoints together with Ray's trial folder name
+        # (file names are unique anyway: trainer.py reserves them atomically).
         merged["checkpoint_dir"] = os.path.join(merged["checkpoint_dir"], trial_id)
     argv = sys.argv
     sys.argv = argv[:1]  # a Ray worker's own --flags are not config; the driver's are in fixed_config
@@ -530,9 +525,6 @@ def ray_search(
     Returns:
         dict: as :func:`hyperopt_search`.
     """
-    from recbole_timeplug import _compat
-
-    _compat.apply()
     try:
         import ray
         from ray import tune

@@ -1,0 +1,179 @@
+"""benchmarks/results.py (accuracy table), benchmarks/synthetic.py (ML-1M-shaped data) and
+benchmarks/efficiency.py (time/throughput/memory vs L), on generated data with tiny built-in models."""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, write_inter
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import efficiency  # noqa: E402
+import results  # noqa: E402
+import synthetic  # noqa: E402
+
+TINY = ["--set", "hidden_size=16", "--set", "inner_size=32", "--set", "n_layers=1", "--set", "n_heads=1",
+        "--set", "MAX_ITEM_LIST_LENGTH=10", "--set", "train_batch_size=256", "--set", "state=ERROR",
+        "--set", "GRU4Rec:embedding_size=16"]
+
+
+def _table(md):
+    """Rows of the first Markdown table as {model: [cells]}."""
+    rows = {}
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| Model") and not line.startswith("| key") \
+                and not line.startswith("| `"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0].split(" ")[0]] = cells
+    return rows
+
+
+def test_results_table_matches_the_runs(tmp_path):
+    data = tmp_path / "data"
+    write_inter(str(data / "tiny" / "tiny.inter"), n_users=60, n_items=40, min_len=8, max_len=14)
+    user_yaml = tmp_path / "mine.yaml"
+    user_yaml.write_text("attn_dropout_prob: 0.1\nepochs: 1\n")
+    out = tmp_path / "out"
+    records = results.main(["--dataset", "tiny", "--models", "SASRec,GRU4Rec,NoSuchModel", "--seeds", "1,2",
+                            "--config_files", str(user_yaml), "--out", str(out),
+                            "--set", f"data_path={data}", "--set", "GRU4Rec:epochs=2", *TINY])
+    md = (out / "tiny.md").read_text()
+    rows = _table(md)
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+
+    # every cell is the mean ± std (ddof=1) of what the two runs returned
+    for model in ("SASRec", "GRU4Rec"):
+        runs = [r for r in records if r["model"] == model]
+        assert [r["status"] for r in runs] == ["ok", "ok"] and [r["seed"] for r in runs] == [1, 2]
+        for metric in results.METRICS:
+            values = [r["test"][metric] for r in runs]
+            cell = rows[model][columns.index(results.METRIC_LABELS[metric])].strip("*")
+            assert cell == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+        assert rows[model][columns.index("params")] == f"{runs[0]['params']:,}"
+    # epochs trained: 1 for SASRec (from the user's file), 2 for GRU4Rec (per-model --set wins over the file)
+    assert [r["epochs"] for r in records if r["model"] == "SASRec"] == [1, 1]
+    assert [r["epochs"] for r in records if r["model"] == "GRU4Rec"] == [2, 2]
+    assert all(r["s_per_epoch"] > 0 and r["s_per_eval"] > 0 for r in records if r["status"] == "ok")
+
+    # a failing model is a row with its error, the others still ran
+    assert "**failed**" in rows["NoSuchModel"][1] and "Unknown model 'NoSuchModel'" in rows["NoSuchModel"][1]
+
+    # config layering: common protocol < baseline/SASRec.yaml < user file < --set
+    sas = next(r for r in records if r["model"] == "SASRec")["settings"]
+    assert sas["hidden_dropout_prob"] == 0.2  # baseline/SASRec.yaml (RecBole's default is 0.5)
+    assert sas["attn_dropout_prob"] == 0.1  # the user's file beats the baseline's 0.2
+    assert sas["hidden_size"] == 16 and sas["MAX_ITEM_LIST_LENGTH"] == 10  # --set
+    assert sas["eval_args"]["order"] == "TO" and sas["valid_metric"] == "NDCG@10"  # common protocol
+    assert "| `hidden_dropout_prob` | `0.2` |" in md
+
+    saved = json.loads((out / "tiny.json").read_text())
+    assert [r["model"] for r in saved["records"]] == ["SASRec"] * 2 + ["GRU4Rec"] * 2 + ["NoSuchModel"] * 2
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert not (out / "tiny.png").exists() and "![" not in md
+    else:
+        assert (out / "tiny.png").stat().st_size > 0 and "![test metrics on tiny](tiny.png)" in md
+
+
+def test_results_bad_arguments(tmp_path):
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset", "x", "--models", "SASRec", "--seeds", "a,b"])
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset", "x", "--models", "SASRec", "--config_files", str(tmp_path / "none.yaml")])
+    args = results.parse_args(["--dataset", "x", "--models", " SASRec , GRU4Rec ", "--set", "SASRec:n_layers=3",
+                               "--set", "epochs=4"])
+    assert args.models == ["SASRec", "GRU4Rec"]
+    assert args.model_set == {"SASRec": {"n_layers": 3}} and args.global_set == {"epochs": 4}
+    # a baseline YAML may name another class: SSD4Rec = TiM4Rec with is_time False, in its own row
+    assert results.resolve_model("SSD4Rec", results.BASELINE_DIR) == ("TiM4Rec", "SSD4Rec")
+    assert results.resolve_model("SASRec", results.BASELINE_DIR) == ("SASRec", "SASRec")
+
+
+# ------------------------------------------------------------------------------------ synthetic
+def test_synthetic_shape_and_statistics():
+    n_users, n_items, n = 300, 2000, 60_000
+    users, items, times = synthetic.generate(n_users, n_items, n, min_len=20, seed=3)
+    assert users.size == items.size == times.size == n
+    lengths = np.bincount(users, minlength=n_users + 1)[1:]
+    assert lengths.sum() == n and lengths.min() >= 20 and lengths.max() <= n_items
+    assert 1.2 < lengths.mean() / np.median(lengths) < 2.5  # right-skewed like ML-1M (165 / 96)
+    assert lengths.max() > 3 * lengths.mean()  # long histories exist
+    assert items.min() >= 1 and items.max() <= n_items
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    for u in range(n_users):  # per user: distinct items, time never goes back
+        seg = slice(starts[u], starts[u] + lengths[u])
+        assert np.unique(items[seg]).size == lengths[u]
+        assert np.all(np.diff(times[seg]) >= 0)
+    counts = np.sort(np.bincount(items, minlength=n_items + 1)[1:])[::-1]
+    assert counts[: n_items // 10].sum() > 0.2 * n  # popularity skew: top 10% of items > 20% of rows
+    again = synthetic.generate(n_users, n_items, n, min_len=20, seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip((users, items, times), again))  # deterministic
+    other = synthetic.generate(n_users, n_items, n, min_len=20, seed=4)
+    assert not np.array_equal(items, other[1])
+    with pytest.raises(ValueError, match="n_users\\*min_len"):
+        synthetic.generate(100, 50, 1000, min_len=20)
+    with pytest.raises(ValueError, match="distinct items"):
+        synthetic.generate(10, 30, 1000, min_len=5)
+
+
+def test_synthetic_cli_writes_atomic_file(tmp_path):
+    path = synthetic.main(["--out", str(tmp_path), "--name", "syn", "--n_users", "50", "--n_items", "60",
+                           "--n_interactions", "2000", "--min_len", "5"])
+    lines = open(path).read().splitlines()
+    assert lines[0] == "user_id:token\titem_id:token\ttimestamp:float" and len(lines) == 2001
+    assert re.fullmatch(r"\d+\t\d+\t\d+", lines[1])
+
+
+# ------------------------------------------------------------------------------------ efficiency
+def test_efficiency_tiny_cpu(tmp_path):
+    out = tmp_path / "eff"
+    rows = efficiency.main(["--models", "GRU4Rec,SASRec,NoSuchModel", "--lengths", "8,16", "--batch_size", "4",
+                            "--hidden_size", "8", "--steps", "2", "--warmup", "1", "--eval_batches", "2",
+                            "--eval_batch_size", "4", "--n_users", "30", "--n_items", "50",
+                            "--n_interactions", "600", "--data_path", str(tmp_path / "d"), "--out", str(out),
+                            "--device", "cpu", "--set", "n_layers=1", "--set", "n_heads=1", "--set", "inner_size=16"])
+    assert [(r["L"], r["model"]) for r in rows] == [(L, m) for L in (8, 16) for m in ("SASRec", "GRU4Rec", "NoSuchModel")]
+    for r in rows:
+        if r["model"] == "NoSuchModel":
+            assert "Unknown model" in r["error"]
+            continue
+        assert "error" not in r, r
+        assert r["train_ms"] > 0 and r["eval_users_s"] > 0 and r["peak_mb"] > 0
+    sas = {r["L"]: r for r in rows if r["model"] == "SASRec"}
+    assert all(s["train_x"] == 1.0 and s["eval_x"] == 1.0 and s["mem_x"] == 1.0 for s in sas.values())
+    gru16 = next(r for r in rows if r["model"] == "GRU4Rec" and r["L"] == 16)
+    assert gru16["train_x"] == pytest.approx(gru16["train_ms"] / sas[16]["train_ms"])
+    # SASRec's attention scores grow as L^2: doubling L must raise the step's peak memory
+    assert sas[16]["peak_mb"] > sas[8]["peak_mb"]
+    md = (out / "efficiency.md").read_text()
+    assert "| 16 | GRU4Rec |" in md and "**failed**: UnknownModelError" in md
+    assert json.loads((out / "efficiency.json").read_text())["rows"][0]["model"] == "SASRec"
+
+
+def test_cpu_peak_memory_matches_a_hand_count():
+    """One step of a bias-free linear layer with a known activation size: the CPU measure sees the big
+    intermediate (independent count: B x out floats for the output, the same again for its gradient)."""
+    import torch
+
+    class Lin(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(64, 4096, bias=False)
+
+        def calculate_loss(self, batch):
+            return self.w(batch["x"]).square().mean()
+
+    model = Lin()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batch = {"x": torch.randn(512, 64)}
+    peak = efficiency.train_step_memory(model, opt, batch, "cpu")
+    activation = 512 * 4096 * 4  # one float32 [512, 4096] tensor = 8 MiB
+    assert 2 * activation <= peak <= 6 * activation

@@ -229,6 +229,8 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
             trainer.saved_model_file if saved else None,
             trainer.last_model_file if saved else None,
         )
+        if getattr(trainer, "stage_results", None):  # multi-stage trainers (TiMiRec): each stage's numbers
+            result["stages"] = trainer.stage_results
         logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
 
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")

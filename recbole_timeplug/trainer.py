@@ -63,8 +63,7 @@ class CheckpointMixin:
         torch.autograd.set_detect_anomaly(False)  # RecBole's sine.py may have switched it on
         self.distributed = not config["single_spec"]
         self.is_main = (not self.distributed) or config["local_rank"] == 0
-        stem = f"{config['model']}-{config['dataset']}-{get_local_time()}"
-        base = _reserve_checkpoint_name(self.checkpoint_dir, stem) if self.is_main else None
+        base = _reserve_checkpoint_name(self.checkpoint_dir, self._checkpoint_stem(config)) if self.is_main else None
         if self.distributed:  # every rank must name rank 0's file
             holder = [base]
             torch.distributed.broadcast_object_list(holder, src=0)
@@ -79,6 +78,10 @@ class CheckpointMixin:
         self._last_trained_epoch = None
         self._latest_valid_result = None
         self._wrote_best = False
+
+    def _checkpoint_stem(self, config):
+        """File name stem of this trainer's checkpoints (a subclass may tag them, e.g. a training stage)."""
+        return f"{config['model']}-{config['dataset']}-{get_local_time()}"
 
     # ------------------------------------------------------------------------------------ writing
     def _payload(self, epoch):
@@ -258,3 +261,15 @@ def safe_trainer(base):
 
 
 Trainer = safe_trainer(RecBoleTrainer)
+
+# Model trainers that live in their own modules: ``<Model>Trainer`` -> module.  Imported on first access
+# (PEP 562) so that they can subclass :class:`Trainer` without an import cycle.
+_TRAINER_MODULES = {"TiMiRecTrainer": "recbole_timeplug.timirec_trainer"}
+
+
+def __getattr__(name):
+    if name in _TRAINER_MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(_TRAINER_MODULES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,409 @@
+r"""ARERec as a leak-free next-item recommender.
+
+Paper: U. Padungkiatwattana, T. Sae-Diae, S. Maneeroj, A. Takasu, "ARERec: Attentive Local Interaction Model
+for Sequential Recommendation", IEEE Access 10:31340-31358, 2022 (doi 10.1109/ACCESS.2022.3160466); official
+TensorFlow code github.com/umapornp/ARERec.  Spec: ``shared/specs/masan_timirec_arerec.md`` §4.
+
+Math (spec §4.3; d = ``embedding_size``, r = ``region_size``, H = ``n_heads``).  For user u, candidate item j
+and query time t*, the neighbours n_1..n_W of j are its users before t* (``layers/neighbor_index.py``), each
+with a local-context-unit (LCU) id l_m and a mask w_m:
+
+1. x_m = E_U[n_m];
+2. attention personalised by the user, one vector per neighbour (no sum over m, as in the official code):
+   a_{m,h} = softmax_m( (W_q E_U[u])_h . (W_k x_m)_h / sqrt(d/H) ),
+   x~_m = W_o concat_h( a_{m,h} (W_v x_m)_h ) + b_o          (x~_m = x_m with ``use_attention: False``);
+3. region embedding: neighbour profile p_m = K_IU[l_m] x~_m in R^r (item-user LCU, an r x d matrix),
+   item profile q_m = K_UI[l_m] E_I[j] in R^r (user-item LCU), neighbour rating s_m = (p_m * q_m) w_m;
+4. v = max_m s_m (masked: empty slots never win; no neighbour at all -> v = 0);
+5. score(u, j) = w_o^T v + b_o (+ b_j with ``cold_item_bias``).
+
+Training: BPR, -log sigma(score(u, j+) - score(u, j-)) with one uniform negative; the negative gets its
+own neighbours at the same t*.  L2 slots ``reg_weights`` = [q, k, v, concat, fc] (Keras l2: lambda * sum w^2
+of the kernels) and nine ``dropout_probs`` slots = [user emb, neighbour emb, item emb, K_UI, K_IU, neighbour
+profile, item profile, neighbour rating, rating vector], placed as in the official code.
+
+How this differs from the official code, and why (spec §4.5/§4.6):
+
+* Task: the official model is a rating classifier (softmax over rating classes, cross-entropy) evaluated by
+  re-ranking each test user's rated items.  Here it is a next-item model: a Linear(r -> 1) scoring head, BPR
+  with uniform negatives, RecBole's full ranking (or ``uni100``).
+* Leakage: the official neighbour list N(j) is built from *all* data — future and test interactions, and
+  the target user itself, whose presence reveals the answer.  Here N(j) comes from the training split only,
+  strictly before t* (``time_ref: target`` = the prediction's time, or ``last_history``), without u.
+* The official max-pool lets padding zeros win the max (``masked_max: False`` restores it); cold
+  candidates (no neighbour before t*) would all tie at b_o, so ``cold_item_bias`` adds a learned per-item
+  bias b_j to every score.  ``neighbor_window: recent`` is an option next to the official ``earliest``.
+* Split, model selection and metrics follow RecBole (temporal leave-one-out, selection on valid).
+
+Efficiency.  ``_score_reference`` is the literal per-neighbour computation above (gathers an r x d LCU pair
+per slot).  ``_score_factored`` is the same math re-associated: with the ``earliest`` window an LCU id
+always belongs to one (item, position) = one training interaction, so its user and item are fixed and
+P[l, h] = K_IU[l] W_o^(h) (W_v E_U[user(l)] + b_v)_h, c[l] = K_IU[l] b_o, Q[l] = K_UI[l] E_I[item(l)]
+are computed once per forward; per slot only H attention logits and r-vectors remain
+(p_m = sum_h a_{m,h} P[l_m, h] + c[l_m]).  It is used whenever valid (``earliest`` window and no dropout on
+slots 1-4, or at evaluation) and is tested against the reference.  ``full_sort_predict`` scores candidate
+items in blocks of ``eval_item_chunk`` items x ``eval_user_chunk`` users so memory stays bounded
+(O(users x items x W x r) per block); at evaluation with the ``earliest`` window a block's LCU ids and
+neighbour users are the same for every row, and s_m = sum_h a_{m,h} (P * Q)[l_m, h] + (c * Q)[l_m] needs one
+table gather per (item, slot) plus the per-row attention weights (``_full_sort_block``).  The ``recent``
+window has no fixed user per LCU and always uses the literal path (much slower in full ranking; lower the
+chunks or use ``uni100``).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from recbole.model.abstract_recommender import SequentialRecommender
+from recbole.model.loss import BPRLoss
+from torch import nn
+
+from recbole_timeplug.errors import TimeplugError
+from recbole_timeplug.layers.neighbor_index import WINDOWS, NeighborIndex
+
+DROPOUT_SLOTS = (
+    "user_emb",
+    "neighbor_emb",
+    "item_emb",
+    "lcu_user_item",
+    "lcu_item_user",
+    "neighbor_profile",
+    "item_profile",
+    "neighbor_rating",
+    "rating_vector",
+)
+REG_SLOTS = ("q", "k", "v", "concat", "fc")
+TIME_REFS = ("target", "last_history")
+# slots whose official dropout mask differs per (sample, neighbour) on d-dim inputs of the LCU products:
+# with any of them active in training, the factored path cannot reproduce them -> reference path.
+_PER_SLOT_DROPOUT = (1, 2, 3, 4)
+
+
+def _positive_int_or_none(config, key):
+    value = config[key]
+    if value in (None, 0, "None", "none"):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TimeplugError(f"ARERec: `{key}` must be a positive integer (or ~ for no limit); got {value!r}.")
+    return value
+
+
+class ARERec(SequentialRecommender):
+    """ARERec (IEEE Access 2022) adapted to leak-free next-item recommendation (module docstring)."""
+
+    needs_fields = ("TIME_FIELD",)
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.embedding_size = config["embedding_size"]
+        self.region_size = config["region_size"]
+        self.n_heads = config["n_heads"]
+        self.use_attention = bool(config["use_attention"])
+        self.time_ref = config["time_ref"]
+        self.masked_max = bool(config["masked_max"])
+        self.cold_item_bias = bool(config["cold_item_bias"])
+        self.eval_item_chunk = _positive_int_or_none(config, "eval_item_chunk")
+        self.eval_user_chunk = _positive_int_or_none(config, "eval_user_chunk")
+        max_neighbors = _positive_int_or_none(config, "max_neighbors")
+        window = config["neighbor_window"]
+        dropout_probs = list(config["dropout_probs"] or [0.0] * len(DROPOUT_SLOTS))
+        reg_weights = list(config["reg_weights"] or [0.0] * len(REG_SLOTS))
+        self._check_config(config, window, dropout_probs, reg_weights)
+        self.dropout_probs = [float(p) for p in dropout_probs]
+        self.reg_weights = [float(w) for w in reg_weights]
+
+        self.USER_ID = config["USER_ID_FIELD"]
+        self.TIME = config["TIME_FIELD"]
+        self.TIME_LIST = self.TIME + config["LIST_SUFFIX"]
+        self.n_users = dataset.user_num
+        # Built from the training split this constructor receives; non-persistent buffers only.
+        self.neighbor_index = NeighborIndex.from_dataset(
+            dataset, max_neighbors=max_neighbors, window=window, exclude_self=config["exclude_self"]
+        )
+        d, r = self.embedding_size, self.region_size
+
+        self.user_embedding = nn.Embedding(self.n_users, d)
+        self.item_embedding = nn.Embedding(self.n_items, d)
+        # K_UI / K_IU: one r x d matrix per LCU id (row 0 = padding), stored flat for embedding lookups.
+        self.lcu_user_item = nn.Embedding(self.neighbor_index.num_lcu, r * d)
+        self.lcu_item_user = nn.Embedding(self.neighbor_index.num_lcu, r * d)
+        if self.use_attention:
+            self.w_q = nn.Linear(d, d)
+            self.w_k = nn.Linear(d, d)
+            self.w_v = nn.Linear(d, d)
+            self.w_o = nn.Linear(d, d)
+        self.fc = nn.Linear(r, 1)
+        if self.cold_item_bias:
+            self.item_bias = nn.Embedding(self.n_items, 1)
+        self.dropouts = nn.ModuleList(nn.Dropout(p) for p in self.dropout_probs)
+        self.loss_fct = BPRLoss()
+        self._reset_parameters()
+
+    # ------------------------------------------------------------------------------------ setup
+    def _check_config(self, config, window, dropout_probs, reg_weights):
+        if config["loss_type"] != "BPR":
+            raise TimeplugError(
+                f"ARERec trains with `loss_type: BPR` (uniform negatives scored at the same query time); got "
+                f"{config['loss_type']!r}. Full-softmax CE would need neighbour look-ups for every item per sample."
+            )
+        neg = config["train_neg_sample_args"]
+        if not neg or neg.get("distribution") in (None, "none") or not neg.get("sample_num"):
+            raise TimeplugError(
+                "ARERec needs negatives: set `train_neg_sample_args: {distribution: uniform, sample_num: 1}`."
+            )
+        if window not in WINDOWS:
+            raise TimeplugError(f"ARERec: `neighbor_window` must be one of {WINDOWS}; got {window!r}.")
+        if self.time_ref not in TIME_REFS:
+            raise TimeplugError(f"ARERec: `time_ref` must be one of {TIME_REFS}; got {self.time_ref!r}.")
+        for key in ("embedding_size", "region_size", "n_heads"):
+            if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
+                raise TimeplugError(f"ARERec: `{key}` must be a positive integer; got {config[key]!r}.")
+        if self.use_attention and self.embedding_size % self.n_heads:
+            raise TimeplugError(
+                f"ARERec: `embedding_size` ({self.embedding_size}) must be divisible by `n_heads` ({self.n_heads})."
+            )
+        if len(dropout_probs) != len(DROPOUT_SLOTS) or not all(0 <= float(p) < 1 for p in dropout_probs):
+            raise TimeplugError(
+                f"ARERec: `dropout_probs` must be {len(DROPOUT_SLOTS)} probabilities in [0, 1) for the slots "
+                f"{list(DROPOUT_SLOTS)}; got {dropout_probs!r}. Official with --use_dropout: [0,0,0,0.5,0.5,0,0,0,0]."
+            )
+        if len(reg_weights) != len(REG_SLOTS) or not all(float(w) >= 0 for w in reg_weights):
+            raise TimeplugError(
+                f"ARERec: `reg_weights` must be {len(REG_SLOTS)} non-negative L2 weights for {list(REG_SLOTS)}; "
+                f"got {reg_weights!r}. Official with --use_regularizer: [0.001, 0.001, 0.001, 0.001, 0.001]."
+            )
+
+    def _reset_parameters(self):
+        # Keras defaults of the official code: Embedding U(-0.05, 0.05), LCUs N(0, 0.01^2),
+        # Dense glorot-uniform kernels and zero biases.
+        for emb in (self.user_embedding, self.item_embedding):
+            nn.init.uniform_(emb.weight, -0.05, 0.05)
+        for lcu in (self.lcu_user_item, self.lcu_item_user):
+            nn.init.normal_(lcu.weight, 0.0, 0.01)
+        for layer in [self.fc] + ([self.w_q, self.w_k, self.w_v, self.w_o] if self.use_attention else []):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        if self.cold_item_bias:
+            nn.init.zeros_(self.item_bias.weight)
+
+    # ------------------------------------------------------------------------------------ pieces
+    def query_time(self, interaction):
+        """t*: the prediction's time (``target``) or the last history item's time (``last_history``)."""
+        if self.time_ref == "target":
+            return interaction[self.TIME]
+        last = (interaction[self.ITEM_SEQ_LEN] - 1).clamp(min=0).unsqueeze(-1)
+        return interaction[self.TIME_LIST].gather(1, last).squeeze(-1)
+
+    def _factored_ok(self):
+        if self.neighbor_index.window != "earliest":
+            return False  # `recent` slots hold different users over time: no fixed user per LCU id
+        return not (self.training and any(self.dropout_probs[i] > 0 for i in _PER_SLOT_DROPOUT))
+
+    def _attention_logits(self, user_query, nbr):
+        """Scaled q.k logits [B, C, W, H] of every neighbour slot (pads not yet masked).
+
+        Either a [B, |U|, H] table of the query against all users, then gathered (cheap when C*W >> |U|),
+        or the keys of the gathered neighbours (cheap for a few candidates, e.g. training).
+        """
+        B, C, W = nbr.shape
+        H = self.n_heads
+        dh = self.embedding_size // H
+        q = self.w_q(user_query).view(B, H, dh)
+        if self.n_users <= C * W:
+            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
+            table = torch.einsum("bhk,uhk->buh", q, keys_all) / math.sqrt(dh)  # [B, U, H]
+            rows = torch.arange(B, device=nbr.device).view(B, 1, 1)
+            return table[rows, nbr]
+        k = self.w_k(self.user_embedding(nbr)).view(B, C, W, H, dh)
+        return torch.einsum("bhk,bcwhk->bcwh", q, k) / math.sqrt(dh)
+
+    @staticmethod
+    def _attention_weights(logits, valid):
+        # softmax over the neighbours of one (user, candidate); empty slots get weight 0 (official: -1e9).
+        return torch.softmax(logits.masked_fill(~valid.unsqueeze(-1), -1e9), dim=2)
+
+    def _head(self, p, q, valid, items):
+        """Steps 3-5 from the neighbour profiles p and item profiles q [B, C, W, r] -> scores [B, C]."""
+        drop = self.dropouts
+        return self._pool_and_score(drop[7](drop[5](p) * drop[6](q)), valid, items)
+
+    def _pool_and_score(self, s, valid, items):
+        """Masked max-pool of the neighbour ratings s [B, C, W, r] (step 4), then the head (step 5)."""
+        s = s * valid.unsqueeze(-1).to(s.dtype)
+        if self.masked_max:
+            v = s.masked_fill(~valid.unsqueeze(-1), float("-inf")).amax(dim=2)
+            v = torch.where(valid.any(dim=2, keepdim=True), v, torch.zeros_like(v))
+        else:  # official: padded slots take part in the max with exact zeros
+            v = s.amax(dim=2)
+        score = self.fc(self.dropouts[8](v)).squeeze(-1)
+        if self.cold_item_bias:
+            score = score + self.item_bias(items).squeeze(-1)
+        return score
+
+    def _lcu_tables(self, ids):
+        """Per-LCU products of the factored path for the LCU ids ``ids`` [S'] (all when ``None``; ``earliest`` window).
+
+        Returns P [S', H, r] (or [S', r] without attention), c [S', r] or None, Q [S', r].
+        """
+        d, r, H = self.embedding_size, self.region_size, self.n_heads
+        index = self.neighbor_index
+        if ids is None:  # all LCUs, as views of the tables
+            k_iu = self.lcu_item_user.weight.view(-1, r, d)
+            k_ui = self.lcu_user_item.weight.view(-1, r, d)
+            lcu_user, lcu_item = index.lcu_user, index.lcu_item
+        else:
+            k_iu = self.lcu_item_user(ids).view(-1, r, d)
+            k_ui = self.lcu_user_item(ids).view(-1, r, d)
+            lcu_user, lcu_item = index.lcu_user[ids], index.lcu_item[ids]
+        x = self.user_embedding(lcu_user)
+        if self.use_attention:
+            dh = d // H
+            v = self.w_v(x).view(-1, H, dh)
+            z = torch.einsum("ohk,shk->sho", self.w_o.weight.view(d, H, dh), v)  # W_o^(h) v_h, [S', H, d]
+            P = torch.einsum("srd,shd->shr", k_iu, z)
+            c = torch.einsum("srd,d->sr", k_iu, self.w_o.bias)
+        else:
+            P = torch.einsum("srd,sd->sr", k_iu, x)
+            c = None
+        Q = torch.einsum("srd,sd->sr", k_ui, self.item_embedding(lcu_item))
+        return P, c, Q
+
+    def _score_factored(self, user, items, query_time):
+        """Scores [B, C] via per-LCU tables (see module docstring); equal to ``_score_reference``."""
+        nbr, lcu, _ = self.neighbor_index.lookup(user, items, query_time)
+        valid = lcu > 0
+        if lcu.numel() < self.neighbor_index.num_lcu:
+            # few slots (sampled evaluation, big tables): only the LCUs this batch touches
+            ids, local = torch.unique(lcu, return_inverse=True)
+            P, c, Q = self._lcu_tables(ids)
+        else:  # the batch touches about every LCU: whole tables, no gather/scatter of r x d matrices
+            (P, c, Q), local = self._lcu_tables(None), lcu
+        if self.use_attention:
+            user_query = self.dropouts[0](self.user_embedding(user))
+            a = self._attention_weights(self._attention_logits(user_query, nbr), valid)
+            p = torch.einsum("bcwh,bcwhr->bcwr", a, P[local]) + c[local]
+        else:
+            p = P[local]
+        return self._head(p, Q[local], valid, items)
+
+    def _score_reference(self, user, items, query_time):
+        """Scores [B, C], literally as the official model: gather an r x d LCU pair per neighbour slot."""
+        B, C = items.shape
+        d, r, H = self.embedding_size, self.region_size, self.n_heads
+        drop = self.dropouts
+        nbr, lcu, _ = self.neighbor_index.lookup(user, items, query_time)
+        valid = lcu > 0
+        W = nbr.shape[-1]
+        x = self.user_embedding(nbr)  # [B, C, W, d]
+        if self.use_attention:
+            dh = d // H
+            user_query = drop[0](self.user_embedding(user))
+            q = self.w_q(user_query).view(B, 1, 1, H, dh)
+            k = self.w_k(x).view(B, C, W, H, dh)
+            v = self.w_v(x).view(B, C, W, H, dh)
+            a = self._attention_weights((q * k).sum(-1) / math.sqrt(dh), valid)
+            x = self.w_o((a.unsqueeze(-1) * v).reshape(B, C, W, d))  # no sum over neighbours (official)
+        x = drop[1](x)
+        e = drop[2](self.item_embedding(items))  # [B, C, d]
+        k_ui = drop[3](self.lcu_user_item(lcu).view(B, C, W, r, d))
+        k_iu = drop[4](self.lcu_item_user(lcu).view(B, C, W, r, d))
+        p = torch.einsum("bcwrd,bcwd->bcwr", k_iu, x)
+        q = torch.einsum("bcwrd,bcd->bcwr", k_ui, e)
+        return self._head(p, q, valid, items)
+
+    # ------------------------------------------------------------------------------------ API
+    def forward(self, user, items, query_time):
+        """Scores [B, C] of candidate ``items`` [B, C] for ``user`` [B] at ``query_time`` [B]."""
+        if self._factored_ok():
+            return self._score_factored(user, items, query_time)
+        return self._score_reference(user, items, query_time)
+
+    def reg_loss(self):
+        layers = [self.w_q, self.w_k, self.w_v, self.w_o] if self.use_attention else [None] * 4
+        total = 0.0
+        for weight, layer in zip(self.reg_weights, layers + [self.fc]):
+            if weight > 0 and layer is not None:
+                total = total + weight * layer.weight.pow(2).sum()
+        return total
+
+    def calculate_loss(self, interaction):
+        user = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        scores = self.forward(user, torch.stack([pos, neg], dim=1), self.query_time(interaction))
+        return self.loss_fct(scores[:, 0], scores[:, 1]) + self.reg_loss()
+
+    def predict(self, interaction):
+        user = interaction[self.USER_ID]
+        items = interaction[self.ITEM_ID].unsqueeze(1)
+        return self.forward(user, items, self.query_time(interaction)).squeeze(1)
+
+    def full_sort_predict(self, interaction):
+        """Scores [B, n_items], computed in blocks of ``eval_user_chunk`` x ``eval_item_chunk``."""
+        user = interaction[self.USER_ID]
+        query_time = self.query_time(interaction)
+        B, N = user.shape[0], self.n_items
+        row_step = self.eval_user_chunk or B
+        item_step = self.eval_item_chunk or N
+        all_items = torch.arange(N, device=user.device)
+        scores = torch.empty(B, N, device=user.device)
+        # Evaluation with the `earliest` window: per-LCU tables once per call, candidate blocks shared by
+        # all rows (_full_sort_block).  Otherwise (recent window, or called in training mode) the general path.
+        fast = self._factored_ok() and not self.training
+        if fast:
+            tables = self._rating_tables()
+            keys_all = None
+            if self.use_attention:
+                H = self.n_heads
+                keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, self.embedding_size // H)
+        for r0 in range(0, B, row_step):
+            rows = slice(r0, min(r0 + row_step, B))
+            u, t = user[rows], query_time[rows]
+            for c0 in range(0, N, item_step):
+                cols = slice(c0, min(c0 + item_step, N))
+                if fast:
+                    scores[rows, cols] = self._full_sort_block(u, t, all_items[cols], tables, keys_all)
+                else:
+                    items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
+                    scores[rows, cols] = self.forward(u, items, t)
+        return scores
+
+    def _rating_tables(self):
+        """Evaluation-only per-LCU neighbour ratings: with no dropout, s_m = p_m * q_m =
+        sum_h a_{m,h} (P[l,h] * Q[l]) + c[l] * Q[l]; returns R [S, H, r] (or [S, r]) and R0 [S, r] or None."""
+        P, c, Q = self._lcu_tables(None)
+        if self.use_attention:
+            return P * Q.unsqueeze(1), c * Q
+        return P * Q, None
+
+    def _full_sort_block(self, user, query_time, items, tables, keys_all):
+        """Scores [B, C] of the candidate block ``items`` [C] (earliest window, eval mode).
+
+        Same neighbours as ``NeighborIndex.lookup``: the slot p of item j is LCU 1 + lcu_ptr[j] + p, whose
+        user is fixed, so the [C, W] LCU/user blocks are shared by all rows; only the time filter p < c(j, t*),
+        the self-exclusion and the attention weights depend on the row.
+        """
+        index = self.neighbor_index
+        R, R0 = tables
+        B, C, W = user.shape[0], items.shape[0], index.width
+        slot = torch.arange(W, device=items.device)
+        start = index.lcu_ptr[items].unsqueeze(-1)
+        exists = slot < (index.lcu_ptr[items + 1].unsqueeze(-1) - start)  # p < min(n_j, M)
+        lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [C, W]
+        nbr = index.lcu_user[lcu]  # [C, W]
+        count = index.count_before(items.unsqueeze(0).expand(B, -1), query_time)  # [B, C]
+        valid = slot < count.unsqueeze(-1)  # p < c(j, t*)  (c <= n_j and p < W <= M imply exists)
+        if index.exclude_self:
+            valid = valid & (nbr.unsqueeze(0) != user.view(B, 1, 1))
+        if self.use_attention:
+            H = self.n_heads
+            dh = self.embedding_size // H
+            q = self.w_q(self.user_embedding(user)).view(B, H, dh)
+            table = torch.einsum("bhk,uhk->buh", q, keys_all) / math.sqrt(dh)  # [B, U, H]
+            a = self._attention_weights(table[:, nbr], valid)  # [B, C, W, H]
+            R_blk = R[lcu]  # [C, W, H, r], shared by all rows
+            s = R0[lcu].unsqueeze(0)
+            for h in range(H):  # H is small: broadcast multiply-adds beat a batched matmul of 2x7 blocks
+                s = s + a[..., h : h + 1] * R_blk[:, :, h]
+        else:
+            s = R[lcu].unsqueeze(0).expand(B, -1, -1, -1)
+        return self._pool_and_score(s, valid, items)

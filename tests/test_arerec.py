@@ -1,0 +1,301 @@
+"""ARERec: leak-free neighbour index (vs a plain-Python reference and the raw data file), factored and
+chunked scoring (vs the literal per-neighbour formulation), config errors, and an ml-100k CLI run with
+test-only evaluation and resume."""
+
+import collections
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import cli_args, write_inter
+from recbole_timeplug.config import Config
+from recbole_timeplug.errors import TimeplugError
+from recbole_timeplug.layers.neighbor_index import NeighborIndex, naive_neighbors, training_interactions
+from recbole_timeplug.registry import get_model
+
+SMALL = {  # ARERec small enough for a 2-core CPU
+    "model": "ARERec",
+    "state": "ERROR",
+    "show_progress": False,
+    "embedding_size": 8,
+    "region_size": 3,
+    "n_heads": 2,
+    "max_neighbors": 6,
+    "MAX_ITEM_LIST_LENGTH": 10,
+    "train_batch_size": 64,
+    "eval_batch_size": 4096,
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "seed": 1,
+}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    """Generated data (repeats and equal timestamps included) and its RecBole splits, built once."""
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    root = tmp_path_factory.mktemp("arerec")
+    inter_file = write_inter(str(root / "data" / "tiny" / "tiny.inter"), n_users=40, n_items=30, min_len=6,
+                             max_len=18, seed=3)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("sys.argv", ["pytest"])
+        config = Config(dataset="tiny", config_dict=dict(SMALL, data_path=str(root / "data")))
+        init_seed(config["seed"], True)
+        dataset = create_dataset(config)
+        train, valid, test = data_preparation(config, dataset)
+    return {"config": config, "dataset": dataset, "train": train, "valid": valid, "test": test, "file": inter_file}
+
+
+def _model(small, **overrides):
+    """An ARERec on the module's training split with ``overrides`` applied to the config (then restored)."""
+    from recbole.utils import init_seed
+
+    config = small["config"]
+    saved = {key: config[key] for key in overrides}
+    try:
+        for key, value in overrides.items():
+            config[key] = value
+        init_seed(0, True)
+        model = get_model("ARERec")(config, small["train"]._dataset)
+    finally:
+        for key, value in saved.items():
+            config[key] = value
+    # non-trivial weights everywhere (biases included), so that every term of the score matters
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+def _raw_interactions(small):
+    """(user, item, float32 time) of every line of the generated file, in RecBole's internal ids."""
+    dataset = small["dataset"]
+    rows = [line.split("\t") for line in open(small["file"], encoding="utf-8").read().splitlines()[1:]]
+    users = dataset.token2id(dataset.uid_field, [r[0] for r in rows])
+    items = dataset.token2id(dataset.iid_field, [r[1] for r in rows])
+    times = np.asarray([float(r[2]) for r in rows], dtype=np.float32)
+    return collections.Counter(zip(users.tolist(), items.tolist(), times.tolist()))
+
+
+def _targets(data):
+    feat = data._dataset.inter_feat
+    return collections.Counter(
+        zip(feat["user_id"].tolist(), feat["item_id"].tolist(), feat["timestamp"].numpy().astype(np.float32).tolist())
+    )
+
+
+# ------------------------------------------------------------------------------------ neighbour index
+def test_index_holds_exactly_the_training_interactions(small):
+    """Index edges + valid targets + test targets == every line of the data file (as multisets): no valid or
+    test interaction is in the index, and no training interaction is missing."""
+    model = _model(small)
+    index = model.neighbor_index
+    items = torch.repeat_interleave(torch.arange(index.n_items), index.item_ptr[1:] - index.item_ptr[:-1])
+    edges = collections.Counter(
+        zip(index.nbr_user.tolist(), items.tolist(), index.nbr_time.numpy().astype(np.float32).tolist())
+    )
+    valid, test = _targets(small["valid"]), _targets(small["test"])
+    assert sum(valid.values()) == sum(test.values()) == small["dataset"].user_num - 1
+    assert edges + valid + test == _raw_interactions(small)
+    # nothing of the index is in the state_dict (checkpoints stay data-size free)
+    assert not any(k.startswith("neighbor_index") for k in model.state_dict())
+
+
+@pytest.mark.parametrize("window", ["earliest", "recent"])
+@pytest.mark.parametrize("max_neighbors", [3, None])
+@pytest.mark.parametrize("time_ref", ["target", "last_history"])
+def test_lookup_matches_naive_reference_and_never_leaks(small, window, max_neighbors, time_ref):
+    """For every training sample (target, its negative and a random item): the neighbours equal the plain-
+    Python reference, are strictly earlier than t*, never the user, and only training interactions."""
+    users, items, times = training_interactions(small["train"]._dataset)
+    index = NeighborIndex(users, items, times, small["dataset"].item_num, max_neighbors, window)
+    by_item = collections.defaultdict(list)
+    for u, i, t in zip(users, items, times):
+        by_item[int(i)].append((u, i, t))
+    train_set = set(zip(users.tolist(), items.tolist(), times.tolist()))
+    model = _model(small, time_ref=time_ref)
+    gen = torch.Generator().manual_seed(0)
+    checked = slots = 0
+    for inter in small["train"]:
+        user = inter["user_id"]
+        t_star = model.query_time(inter)
+        if time_ref == "last_history":  # independent: the latest time in the history list
+            assert torch.equal(t_star, inter["timestamp_list"].max(dim=1).values)
+        else:
+            assert torch.equal(t_star, inter["timestamp"])
+        cands = torch.stack(
+            [inter["item_id"], inter["neg_item_id"], torch.randint(1, index.n_items, user.shape, generator=gen)], 1
+        )
+        nbr, lcu, edge = index.lookup(user, cands, t_star)
+        assert torch.equal(nbr > 0, lcu > 0) and torch.equal(nbr > 0, edge >= 0)
+        ptr = index.lcu_ptr.tolist()
+        nbr_l, lcu_l, edge_l, time_l = nbr.tolist(), lcu.tolist(), edge.tolist(), index.nbr_time.tolist()
+        for b, (u_b, t_b) in enumerate(zip(user.tolist(), t_star.tolist())):
+            for c, j in enumerate(cands[b].tolist()):
+                rows = by_item[j]
+                expected = naive_neighbors([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows]),
+                                           u_b, j, t_b, max_neighbors, window)
+                got = [(s, n, time_l[e]) for s, (n, e) in enumerate(zip(nbr_l[b][c], edge_l[b][c])) if n > 0]
+                assert got == [(s, n, float(t)) for s, n, t in expected]
+                for (s, n, t), ell in zip(got, [x for x in lcu_l[b][c] if x > 0]):
+                    assert t < t_b and n != u_b and (n, j, t) in train_set
+                    assert 1 + ptr[j] <= ell < 1 + ptr[j + 1]
+                slots += len(got)
+            checked += cands.shape[1]
+    assert checked > 1000 and slots > 1000  # the check really ran over many non-empty neighbour lists
+
+
+def test_count_before_treats_equal_float32_times_as_not_before():
+    users, items = np.array([1, 2, 3, 4]), np.array([5, 5, 5, 5])
+    times = np.array([1_000_000_000, 1_000_000_010, 1_000_000_100, 1_000_000_200], dtype=np.float32)
+    index = NeighborIndex(users, items, times, n_items=6, max_neighbors=None)
+    # 1_000_000_010 and 1_000_000_000 are the same float32 (64-s grid): not strictly before
+    query = torch.tensor([1_000_000_010.0, 1_000_000_300.0, 0.0], dtype=torch.float32)
+    counts = index.count_before(torch.full((3, 1), 5), query)
+    assert counts.flatten().tolist() == [0, 4, 0]
+    nbr, _, _ = index.lookup(torch.tensor([9, 3, 9]), torch.full((3, 1), 5), query)
+    assert nbr[1, 0].tolist() == [1, 2, 0, 4] and not nbr[0].any()  # self (user 3) leaves a hole
+
+
+# ------------------------------------------------------------------------------------ scoring
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"use_attention": False}, {"masked_max": False, "cold_item_bias": False}],
+    ids=["attention", "no-attention", "official-max"],
+)
+def test_factored_and_block_scoring_equal_the_literal_formulation(small, overrides):
+    model = _model(small, **overrides)
+    inter = next(iter(small["train"]))
+    user, t_star = inter["user_id"], model.query_time(inter)
+    cands = torch.stack([inter["item_id"], inter["neg_item_id"]], 1)
+    model.train()  # training path (keys gathered per neighbour, LCU tables over the whole table)
+    torch.testing.assert_close(model._score_factored(user, cands, t_star), model._score_reference(user, cands, t_star))
+    model.eval()
+    batch = next(iter(small["test"]))[0]
+    with torch.no_grad():
+        fast = model.full_sort_predict(batch)  # per-LCU rating tables, blocks shared by rows
+        u, t = batch["user_id"], model.query_time(batch)
+        items = torch.arange(model.n_items).expand(u.shape[0], -1)
+        literal = model._score_reference(u, items, t)
+    torch.testing.assert_close(fast, literal)
+    model.train()  # no dropout active: full ranking through forward(), attention logits from the user table
+    with torch.no_grad():
+        torch.testing.assert_close(model.full_sort_predict(batch), literal)
+    assert fast.std() > 1e-3 and fast.unique().numel() > fast.shape[1]  # scores really differ between items
+
+
+def test_chunked_full_sort_equals_unchunked(small):
+    model = _model(small).eval()
+    batch = next(iter(small["valid"]))[0]
+    with torch.no_grad():
+        model.eval_item_chunk, model.eval_user_chunk = None, None
+        whole = model.full_sort_predict(batch)
+        model.eval_item_chunk, model.eval_user_chunk = 7, 5
+        chunked = model.full_sort_predict(batch)
+    assert whole.shape == (len(batch), model.n_items)
+    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+
+
+def test_predict_equals_full_sort_column(small):
+    """Sampled evaluation (uni100) scores a candidate exactly as full ranking does."""
+    model = _model(small).eval()
+    batch = next(iter(small["test"]))[0]
+    items = torch.randint(1, model.n_items, (len(batch),), generator=torch.Generator().manual_seed(1))
+    batch.update(type(batch)({"item_id": items}))
+    with torch.no_grad():
+        torch.testing.assert_close(model.predict(batch), model.full_sort_predict(batch)[torch.arange(len(batch)), items])
+
+
+def test_max_neighbors_beyond_longest_history_equals_unlimited(small):
+    unlimited = _model(small, max_neighbors=None)
+    longest = int((unlimited.neighbor_index.item_ptr[1:] - unlimited.neighbor_index.item_ptr[:-1]).max())
+    assert longest > SMALL["max_neighbors"]  # otherwise the default would already be "unlimited"
+    larger = _model(small, max_neighbors=longest + 5)
+    larger.load_state_dict(unlimited.state_dict())  # same LCU table sizes
+    inter = next(iter(small["train"]))
+    for model in (unlimited, larger):
+        model.train()
+    torch.testing.assert_close(larger.calculate_loss(inter), unlimited.calculate_loss(inter), rtol=0, atol=0)
+    batch = next(iter(small["test"]))[0]
+    with torch.no_grad():
+        a = unlimited.eval().full_sort_predict(batch)
+        b = larger.eval().full_sort_predict(batch)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    limited = _model(small)  # and a real limit does change things (the comparison above can fail)
+    assert limited.neighbor_index.num_lcu < unlimited.neighbor_index.num_lcu
+
+
+def test_dropout_slots_switch_to_the_literal_path_and_regularisers_add_up(small):
+    model = _model(small, dropout_probs=[0, 0, 0, 0.5, 0.5, 0, 0, 0, 0], reg_weights=[0.1, 0, 0, 0, 0.2])
+    model.train()
+    assert not model._factored_ok()
+    expected = 0.1 * model.w_q.weight.pow(2).sum() + 0.2 * model.fc.weight.pow(2).sum()
+    torch.testing.assert_close(model.reg_loss(), expected)
+    model.eval()
+    assert model._factored_ok()
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("neighbor_window", "latest", "neighbor_window"),
+        ("time_ref", "now", "time_ref"),
+        ("max_neighbors", -2, "max_neighbors"),
+        ("dropout_probs", [0.5], "dropout_probs"),
+        ("reg_weights", [0, 0, -1, 0, 0], "reg_weights"),
+        ("eval_item_chunk", 1.5, "eval_item_chunk"),
+        ("loss_type", "CE", "loss_type"),
+    ],
+)
+def test_bad_config_values_name_the_key(small, key, value, match):
+    with pytest.raises(TimeplugError, match=match):
+        _model(small, **{key: value})
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config):
+    """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly."""
+    from recbole_timeplug.quick_start import run_recbole
+
+    config = dict(tiny_config, model="ARERec", embedding_size=8, region_size=3, max_neighbors=6, train_batch_size=128)
+    whole = run_recbole(config_dict=dict(config, epochs=2))
+    first = run_recbole(config_dict=dict(config, epochs=1))
+    resumed = run_recbole(config_dict=dict(config, epochs=2, checkpoint_path=first["last_model_file"]))
+    assert resumed["test_result"] == whole["test_result"]
+    assert resumed["best_valid_result"] == whole["best_valid_result"]
+
+
+def test_cli_trains_evaluates_and_reloads_on_ml100k(tmp_path, run_cli):
+    config = {
+        "model": "ARERec",
+        "dataset": "ml-100k",
+        "epochs": 1,
+        "embedding_size": 16,
+        "region_size": 4,
+        "n_heads": 1,
+        "max_neighbors": 10,
+        "MAX_ITEM_LIST_LENGTH": 20,
+        "train_batch_size": 4096,
+        "learning_rate": 0.003,
+        "metrics": ["Hit", "NDCG", "MRR"],
+        "topk": [10],
+        "valid_metric": "NDCG@10",
+        "state": "INFO",
+        "show_progress": False,
+        "checkpoint_dir": str(tmp_path / "saved"),
+    }
+    out = run_cli("run_recbole.py", *cli_args(config))
+    text = out.stdout + out.stderr
+    test_line = re.findall(r"test result\s*: (\{.*\})", text)[-1]
+    metrics = eval(test_line)  # noqa: S307 - our own printed dict
+    assert set(metrics) == {"hit@10", "ndcg@10", "mrr@10"} and 0 < metrics["hit@10"] <= 1
+    best = re.search(r"best checkpoint\s*: (\S+)", text).group(1)
+    payload = torch.load(best, weights_only=True)
+    assert not any(k.startswith("neighbor_index") for k in payload["state_dict"])
+
+    # test-only: the index is rebuilt from the data, the metrics are those of the training run
+    again = run_cli("run_recbole.py", f"--checkpoint_path={best}", "--test_only=True", "--state=INFO")
+    assert re.findall(r"test result\s*: (\{.*\})", again.stdout + again.stderr)[-1] == test_line

@@ -1,0 +1,385 @@
+"""TiM4Rec: time-aware Mamba-2 (SSD) sequential recommender.
+
+Paper: H. Fan, M. Zhu, Y. Hu, H. Feng, Z. He, H. Liu, Q. Liu, "TiM4Rec: An Efficient Sequential
+Recommendation Model Based on Time-Aware Structured State Space Duality Model", Neurocomputing 654
+(2025) 131270; arXiv:2409.16182.  Semantics follow the authors' code (github.com/AlwaysFHao/TiM4Rec,
+``tim4rec.py``/``ssd.py``) as restated in ``shared/specs/tim4rec_tisasrec.md`` section 2.
+
+Implemented (notation of the spec: B batch, L = MAX_ITEM_LIST_LENGTH, d hidden, d_in = expand*d,
+H = d_in / head_dim SSD heads, N d_state, k d_conv):
+
+* embedding         X0 = LN(Dropout(E[s]))                           (no positional embedding)
+* time feature      delta_1 = 0, delta_l = t_l - t_{l-1};  tau0 = LN_L(Dropout(delta)) over the *sequence*
+                    axis, broadcast to the H heads -> T0 (B, H, L)
+* TiSSD layer       [z | xBC | dt_raw] = X W_in + b;  xBC = phi(CausalConv_k(xBC))
+                    S = MLP_L(T) (Linear L->L, SiLU, Linear L->L along the sequence axis)
+                    U = phi(CausalConv2_k(phi(CausalConv1_k(T * S))))          (per-head depthwise)
+                    dt' = dt_raw * U                                           (time enters only here)
+                    y = SSD(x, softplus(dt' + b_dt), A = -exp(A_log), B, C) + D x     (spec section 2.4)
+                    y = RMSNorm(y * SiLU(z)) ; O = y W_out + b
+                    G = sigmoid(Linear(Dropout(T)))  (L->L if p2p_residual else L->1)
+                    T_next = LN_L(G * T + (1 - G) * U)
+* block             H = LN(Dropout(O) + X)  (no residual when num_layers == 1, as the official code)
+                    X_next = LN_1e-12(Dropout(W2 Dropout(Hardswish(W1 H))) + H)   if is_ffn (inner 4d)
+* output            r = X[n - 1];  scores = r E^T;  loss = full-softmax cross-entropy.
+
+The time branch runs in fp32 under autocast (gaps ~1e9 s overflow fp16).  The SSD scan runs either as a
+chunked pure-PyTorch scan or mamba-ssm's Triton kernel (``ssd_backend``, ``layers/ssd.py``), same
+semantics.  Switches beyond the official code (defaults = official behaviour):
+
+* ``conv_activation`` - phi; the official code silently uses Hardswish when H % 8 != 0 or causal-conv1d is
+  missing and SiLU otherwise; here it is explicit (default ``hardswish``, what every official config ran).
+* ``time_mask_padding`` - keep right padding out of the time branch: gaps at padded positions (including
+  the boundary gap -t_n) are zeroed and the LayerNorms over L use only valid positions (their output is 0
+  at padding).  Off by default; the official normalisation lets the boundary gap dominate (spec 2.5).
+"""
+
+import math
+
+import torch
+from recbole.model.abstract_recommender import SequentialRecommender
+from torch import nn
+
+from recbole_timeplug.errors import TimeplugError
+from recbole_timeplug.layers.ssd import (
+    SSD_BACKENDS,
+    CausalDepthwiseConv1d,
+    at_least_fp32,
+    describe_backend_choice,
+    gated_norm,
+    resolve_ssd_backend,
+    ssd_scan,
+)
+
+ACTIVATIONS = {"hardswish": nn.Hardswish, "silu": nn.SiLU}
+FFN_NORM_EPS = 1e-12  # the official FFN LayerNorm does not receive norm_eps
+
+
+class TiM4RecConfigError(TimeplugError, ValueError):
+    """A TiM4Rec hyperparameter is missing or invalid."""
+
+
+def masked_layer_norm(x, norm, mask):
+    """``norm`` (a LayerNorm over the last axis L) using only positions where ``mask`` is True; 0 elsewhere.
+
+    x: (..., L); mask: broadcastable to x, bool.  Statistics are those of nn.LayerNorm (biased variance)
+    over the valid positions; the per-position affine weights are applied as in nn.LayerNorm.
+    """
+    if mask is None:
+        return norm(x)
+    m = mask.to(x.dtype)
+    count = m.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    mean = (x * m).sum(dim=-1, keepdim=True) / count
+    var = ((x - mean).square() * m).sum(dim=-1, keepdim=True) / count
+    out = (x - mean) * torch.rsqrt(var + norm.eps)
+    if norm.weight is not None:
+        out = out * norm.weight + norm.bias
+    return out * m
+
+
+class TiSSD(nn.Module):
+    """One time-aware SSD mixer: Mamba-2's block (in-projection, local causal conv, SSD, gated RMSNorm,
+    out-projection) whose step ``dt`` is multiplied by a per-(position, head) time factor."""
+
+    def __init__(
+        self,
+        d_model,
+        d_state,
+        d_conv,
+        expand,
+        head_dim,
+        chunk_size,
+        norm_eps,
+        max_len,
+        is_time,
+        p2p_residual,
+        time_drop_out,
+        activation,
+        ssd_backend,
+    ):
+        super().__init__()
+        self.d_inner = expand * d_model
+        self.d_state = d_state
+        self.head_dim = head_dim
+        self.nheads = self.d_inner // head_dim
+        self.chunk_size = chunk_size
+        self.norm_eps = norm_eps
+        self.is_time = is_time
+        self.ssd_backend = ssd_backend  # requested: auto | torch | triton
+        self._resolved = {}  # device type -> backend actually used
+        conv_dim = self.d_inner + 2 * d_state  # one group of B/C shared by all heads
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner + 2 * d_state + self.nheads, bias=True)
+        self.conv1d = CausalDepthwiseConv1d(conv_dim, d_conv)
+        self.act = ACTIVATIONS[activation]()
+        # SSD parameters (not touched by the model's apply(init)), Mamba-2's initialisation
+        self.A_log = nn.Parameter(torch.log(torch.empty(self.nheads).uniform_(1.0, 16.0)))
+        dt0 = torch.exp(torch.empty(self.nheads).uniform_(math.log(1e-3), math.log(1e-1))).clamp_min(1e-4)
+        self.dt_bias = nn.Parameter(dt0 + torch.log(-torch.expm1(-dt0)))  # inverse softplus
+        self.D = nn.Parameter(torch.ones(self.nheads))
+        self.norm_weight = nn.Parameter(torch.ones(self.d_inner))  # gated RMSNorm weight
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=True)
+
+        if is_time:
+            # MLP and gate act along the sequence axis (L -> L), weights shared by the heads
+            self.time_mlp = nn.Sequential(
+                nn.Dropout(time_drop_out), nn.Linear(max_len, max_len), nn.SiLU(), nn.Linear(max_len, max_len)
+            )
+            self.time_conv1 = CausalDepthwiseConv1d(self.nheads, d_conv)
+            self.time_conv2 = CausalDepthwiseConv1d(self.nheads, d_conv)
+            self.time_gate = nn.Sequential(
+                nn.Dropout(time_drop_out), nn.Linear(max_len, max_len if p2p_residual else 1)
+            )
+            self.time_norm = nn.LayerNorm(max_len, eps=norm_eps)
+
+    def backend_for(self, device):
+        key = torch.device(device).type
+        if key not in self._resolved:
+            self._resolved[key] = resolve_ssd_backend(self.ssd_backend, device)
+        return self._resolved[key]
+
+    def time_factor(self, T, valid):
+        """(U, T_next) from the time feature T (B, H, L), in fp32 whatever the autocast state."""
+        with torch.autocast(device_type=T.device.type, enabled=False):
+            T = at_least_fp32(T)
+            U = T * self.time_mlp(T)
+            U = self.act(self.time_conv2(self.act(self.time_conv1(U))))
+            G = torch.sigmoid(self.time_gate(T))
+            T_next = masked_layer_norm(G * T + (1.0 - G) * U, self.time_norm, valid)
+        return U, T_next
+
+    def forward(self, X, T=None, valid=None):
+        """X (B, L, d), T (B, H, L) or None, valid (B, 1, L) bool or None -> (O (B, L, d), T_next)."""
+        batch, length, _ = X.shape
+        backend = self.backend_for(X.device)
+        z, xBC, dt = torch.split(
+            self.in_proj(X), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1
+        )
+        xBC = self.act(self.conv1d(xBC.transpose(1, 2))).transpose(1, 2)
+        T_next = None
+        if self.is_time:
+            U, T_next = self.time_factor(T, valid)
+            dt = at_least_fp32(dt) * U.transpose(1, 2)  # time rescales dt before bias + softplus
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        A = -torch.exp(at_least_fp32(self.A_log))
+        y = ssd_scan(
+            x.reshape(batch, length, self.nheads, self.head_dim),
+            dt,
+            A,
+            B.reshape(batch, length, 1, self.d_state),
+            C.reshape(batch, length, 1, self.d_state),
+            self.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            backend=backend,
+        ).reshape(batch, length, self.d_inner)
+        y = gated_norm(y, z, self.norm_weight, self.norm_eps, backend=backend)
+        return self.out_proj(y), T_next
+
+
+class TiM4RecLayer(nn.Module):
+    """TiSSD -> (residual +) LayerNorm -> optional position-wise FFN with residual + LayerNorm."""
+
+    def __init__(self, d_model, dropout_prob, norm_eps, residual, is_ffn, **ssd_kwargs):
+        super().__init__()
+        self.tissd = TiSSD(d_model, norm_eps=norm_eps, **ssd_kwargs)
+        self.dropout = nn.Dropout(dropout_prob)
+        self.norm = nn.LayerNorm(d_model, eps=norm_eps)
+        self.residual = residual
+        self.is_ffn = is_ffn
+        if is_ffn:
+            self.ffn = nn.Sequential(
+                nn.Linear(d_model, 4 * d_model),
+                nn.Hardswish(),
+                nn.Dropout(dropout_prob),
+                nn.Linear(4 * d_model, d_model),
+                nn.Dropout(dropout_prob),
+            )
+            self.ffn_norm = nn.LayerNorm(d_model, eps=FFN_NORM_EPS)
+
+    def forward(self, X, T=None, valid=None):
+        out, T_next = self.tissd(X, T, valid)
+        out = self.dropout(out)
+        hidden = self.norm(out + X if self.residual else out)
+        if self.is_ffn:
+            hidden = self.ffn_norm(self.ffn(hidden) + hidden)
+        return hidden, T_next
+
+
+def _get(config, key, kind, check=None, hint=""):
+    value = config[key]
+    if value is None:
+        raise TiM4RecConfigError(
+            f"TiM4Rec needs `{key}` ({kind}); it is missing from the config. The defaults live in "
+            f"recbole_timeplug/properties/model/TiM4Rec.yaml."
+        )
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false"):
+                    raise ValueError
+                value = value.lower() == "true"
+            value = bool(value)
+        elif kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            value = int(value)
+        elif kind == "float":
+            value = float(value)
+        elif kind == "str":
+            value = str(value).lower()
+    except (TypeError, ValueError):
+        raise TiM4RecConfigError(f"TiM4Rec: `{key}`={value!r} is not a valid {kind}.{hint}") from None
+    if check is not None and not check(value):
+        raise TiM4RecConfigError(f"TiM4Rec: `{key}`={value!r} is invalid: {hint}")
+    return value
+
+
+class TiM4Rec(SequentialRecommender):
+    """TiM4Rec (time-aware SSD) as a RecBole sequential recommender; see the module docstring."""
+
+    needs_fields = ("TIME_FIELD",)
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        positive = (lambda v: v > 0, "must be > 0")
+        prob = (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
+        self.hidden_size = _get(config, "hidden_size", "int", positive[0], positive[1])
+        self.num_layers = _get(config, "num_layers", "int", positive[0], positive[1])
+        self.dropout_prob = _get(config, "dropout_prob", "float", prob[0], prob[1])
+        self.time_drop_out = _get(config, "time_drop_out", "float", prob[0], prob[1])
+        self.d_state = _get(config, "d_state", "int", positive[0], positive[1])
+        self.d_conv = _get(config, "d_conv", "int", positive[0], positive[1])
+        self.expand = _get(config, "expand", "int", positive[0], positive[1])
+        self.head_dim = _get(config, "head_dim", "int", positive[0], positive[1])
+        self.chunk_size = _get(config, "chunk_size", "int", positive[0], positive[1])
+        self.norm_eps = _get(config, "norm_eps", "float", lambda v: v > 0, "must be > 0 (official: 1e-12..1e-5)")
+        self.is_time = _get(config, "is_time", "bool")
+        self.is_ffn = _get(config, "is_ffn", "bool")
+        self.p2p_residual = _get(config, "p2p_residual", "bool")
+        self.is_kai_ming_init = _get(config, "is_kai_ming_init", "bool")
+        self.time_mask_padding = _get(config, "time_mask_padding", "bool")
+        self.conv_activation = _get(
+            config, "conv_activation", "str", lambda v: v in ACTIVATIONS, f"use one of {sorted(ACTIVATIONS)}"
+        )
+        self.ssd_backend = _get(
+            config, "ssd_backend", "str", lambda v: v in SSD_BACKENDS, f"use one of {', '.join(SSD_BACKENDS)}"
+        )
+        loss_type = config["loss_type"]
+        if loss_type is not None and str(loss_type).upper() != "CE":
+            raise TiM4RecConfigError(
+                f"TiM4Rec trains with full-softmax cross-entropy only (as the official code); "
+                f"`loss_type`={loss_type!r} is not supported. Set loss_type: CE."
+            )
+        d_inner = self.expand * self.hidden_size
+        if d_inner % self.head_dim:
+            raise TiM4RecConfigError(
+                f"TiM4Rec: expand * hidden_size = {d_inner} is not divisible by `head_dim`={self.head_dim}; "
+                f"pick head_dim dividing {d_inner} (official: H = expand*hidden_size/head_dim = 4)."
+            )
+        self.nheads = d_inner // self.head_dim
+        self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
+
+        self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
+        self.dropout = nn.Dropout(self.dropout_prob)  # shared by item embeddings and time gaps (official)
+        self.emb_norm = nn.LayerNorm(self.hidden_size, eps=self.norm_eps)
+        if self.is_time:
+            self.time_norm = nn.LayerNorm(self.max_seq_length, eps=self.norm_eps)  # over the sequence axis
+        self.layers = nn.ModuleList(
+            TiM4RecLayer(
+                self.hidden_size,
+                dropout_prob=self.dropout_prob,
+                norm_eps=self.norm_eps,
+                residual=self.num_layers > 1,
+                is_ffn=self.is_ffn,
+                d_state=self.d_state,
+                d_conv=self.d_conv,
+                expand=self.expand,
+                head_dim=self.head_dim,
+                chunk_size=self.chunk_size,
+                max_len=self.max_seq_length,
+                is_time=self.is_time,
+                p2p_residual=self.p2p_residual,
+                time_drop_out=self.time_drop_out,
+                activation=self.conv_activation,
+                ssd_backend=self.ssd_backend,
+            )
+            for _ in range(self.num_layers)
+        )
+        self.loss_fct = nn.CrossEntropyLoss()
+        self.apply(self._init_weights)
+
+        # resolve (and log) the SSD backend for the configured device now, so that an impossible
+        # `ssd_backend: triton` fails before training starts
+        device = config["device"] if config["device"] is not None else "cpu"
+        _, line = describe_backend_choice(self.ssd_backend, device)
+        self.logger.info(line)
+
+    def _init_weights(self, module):
+        """Official init: N(0, 0.02) for Linear/Embedding (PAD row included), zero Linear biases,
+        Kaiming(fan_out, relu) convs if ``is_kai_ming_init`` (else PyTorch's default), unit LayerNorms."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.data.zero_()
+        elif isinstance(module, nn.Conv1d):
+            if self.is_kai_ming_init:
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                if module.bias is not None:
+                    module.bias.data.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.data.fill_(1.0)
+            module.bias.data.zero_()
+
+    def time_feature(self, time_seq, valid):
+        """T0 (B, H, L): LN over the sequence axis of the consecutive gaps (fp32, raw units)."""
+        with torch.autocast(device_type=time_seq.device.type, enabled=False):
+            # fp32 (RecBole stores timestamps as float32); fp64 when the model itself is fp64
+            t = at_least_fp32(time_seq.to(torch.promote_types(time_seq.dtype, self.time_norm.weight.dtype)))
+            gaps = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
+            if valid is not None:
+                gaps = gaps * valid[:, 0].to(gaps.dtype)  # drops the boundary gap -t_n and later zeros
+            tau = masked_layer_norm(self.dropout(gaps), self.time_norm, None if valid is None else valid[:, 0])
+        return tau.unsqueeze(1).expand(-1, self.nheads, -1)
+
+    def forward(self, item_seq, item_seq_len, time_seq=None):
+        """User representations r = X[n - 1] (B, d)."""
+        return self.gather_indexes(self.encode(item_seq, item_seq_len, time_seq), item_seq_len - 1)
+
+    def encode(self, item_seq, item_seq_len, time_seq=None):
+        """Hidden states at every position (B, L, d)."""
+        if item_seq.shape[1] != self.max_seq_length:
+            raise TiM4RecConfigError(
+                f"TiM4Rec: got sequences of length {item_seq.shape[1]}, but the time branch is built for "
+                f"MAX_ITEM_LIST_LENGTH={self.max_seq_length} (its LayerNorm/Linear act over the sequence axis)."
+            )
+        X = self.emb_norm(self.dropout(self.item_embedding(item_seq)))
+        T = valid = None
+        if self.is_time:
+            if time_seq is None:
+                raise TiM4RecConfigError(f"TiM4Rec with is_time: True needs the `{self.TIME_SEQ}` field.")
+            if self.time_mask_padding:
+                positions = torch.arange(item_seq.shape[1], device=item_seq.device)
+                valid = (positions[None, :] < item_seq_len[:, None]).unsqueeze(1)  # (B, 1, L)
+            T = self.time_feature(time_seq, valid)
+        for layer in self.layers:
+            X, T = layer(X, T, valid)
+        return X
+
+    def _encode(self, interaction):
+        time_seq = interaction[self.TIME_SEQ] if self.is_time else None
+        return self.forward(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], time_seq)
+
+    def calculate_loss(self, interaction):
+        seq_output = self._encode(interaction)
+        logits = torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))
+        return self.loss_fct(logits.float(), interaction[self.POS_ITEM_ID])
+
+    def predict(self, interaction):
+        seq_output = self._encode(interaction)
+        test_item_emb = self.item_embedding(interaction[self.ITEM_ID])
+        return torch.mul(seq_output, test_item_emb).sum(dim=1)
+
+    def full_sort_predict(self, interaction):
+        seq_output = self._encode(interaction)
+        return torch.matmul(seq_output, self.item_embedding.weight.transpose(0, 1))

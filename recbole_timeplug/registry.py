@@ -15,7 +15,13 @@ from recbole_timeplug.errors import UnknownModelError
 PROPERTIES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "properties")
 
 # name -> "module:Class".  One line per model.
-PLUGIN_MODELS = {}
+PLUGIN_MODELS = {
+    "TiSASRec": "recbole_timeplug.model.sequential_recommender.tisasrec:TiSASRec",
+    "TiM4Rec": "recbole_timeplug.model.sequential_recommender.tim4rec:TiM4Rec",
+    "MASAN": "recbole_timeplug.model.sequential_recommender.masan:MASAN",
+    "TiMiRec": "recbole_timeplug.model.sequential_recommender.timirec:TiMiRec",
+    "ARERec": "recbole_timeplug.model.sequential_recommender.arerec:ARERec",
+}
 
 # name -> YAML of defaults for models registered from outside the package (tests, user code).
 _EXTRA_MODEL_YAMLS = {}

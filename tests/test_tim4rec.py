@@ -468,6 +468,7 @@ def test_cli_trains_and_evaluates_on_ml100k(tmp_path, run_cli):
         "d_state": 8,
         "chunk_size": 8,
         "MAX_ITEM_LIST_LENGTH": 20,
+        "user_inter_num_interval": "[20,40]",  # the shorter histories of ml-100k keep this test fast
         "metrics": ["Hit", "NDCG", "MRR"],
         "topk": [10],
         "valid_metric": "NDCG@10",

@@ -257,6 +257,18 @@ class _JsonLines(_Format):
         self.literal_first = not first_line.lstrip().startswith('{"')
         return False
 
+    def row(self, text):
+        """One record -> (user, item, rating, time) from the configured field names."""
+        record = self._parse(text)
+        fields = {self.user: "user", self.item: "item", self.time: "time"}
+        if self.rating:
+            fields[self.rating] = "rating"
+        self._check_first(record, fields)
+        user = _token(self._get(record, self.user, "user"), "user id")
+        item = _token(self._get(record, self.item, "item"), "item id")
+        rating = _rating(self._get(record, self.rating, "rating")) if self.rating else None
+        return user, item, rating, parse_time(self._get(record, self.time, "time"), self.time_format)
+
     def _check_first(self, record, fields):
         """The first record of a file must have every needed field: otherwise the field names are wrong."""
         if self.checked:
@@ -307,17 +319,6 @@ class Steam(_JsonLines):
         super().__init__(opts, "username", "product_id", "date", None)
         self.time_format = opts.time_format or "%Y-%m-%d"
 
-    def row(self, text):
-        record = self._parse(text)
-        fields = {self.user: "user", self.item: "item", self.time: "time"}
-        if self.rating:
-            fields[self.rating] = "rating"
-        self._check_first(record, fields)
-        user = _token(self._get(record, self.user, "user"), "user id")
-        item = _token(self._get(record, self.item, "item"), "item id")
-        rating = _rating(self._get(record, self.rating, "rating")) if self.rating else None
-        return user, item, rating, parse_time(self._get(record, self.time, "time"), self.time_format)
-
 
 class GenericJSON(_JsonLines):
     """Any JSON-lines file (strict JSON or Python literals), e.g. Yelp's review file."""
@@ -329,17 +330,6 @@ class GenericJSON(_JsonLines):
             raise ConvertError(f"format 'json' needs {', '.join(missing)} (the field names)")
         super().__init__(opts, None, None, None, None)
         self.time_format = opts.time_format or "s"
-
-    def row(self, text):
-        record = self._parse(text)
-        fields = {self.user: "user", self.item: "item", self.time: "time"}
-        if self.rating:
-            fields[self.rating] = "rating"
-        self._check_first(record, fields)
-        user = _token(self._get(record, self.user, "user"), "user id")
-        item = _token(self._get(record, self.item, "item"), "item id")
-        rating = _rating(self._get(record, self.rating, "rating")) if self.rating else None
-        return user, item, rating, parse_time(self._get(record, self.time, "time"), self.time_format)
 
 
 class _Delimited(_Format):

@@ -17,10 +17,14 @@ seconds per training epoch and per evaluation, and each model's exact settings w
 reproduces it), ``<out>/<dataset>.json`` (every run's raw record) and ``<out>/<dataset>.png`` (bar chart;
 needs matplotlib: ``pip install -e ".[plot]"`` — without it the chart is skipped with a message).
 With several seeds the table shows mean ± std (sample std, ddof=1) over the seeds that finished.
+``--append`` adds to an existing ``<out>/<dataset>.json`` (models run now replace their old rows), so a
+table can be filled by several processes in parallel or grown one model at a time; the table then names
+every command that contributed.
 A model that fails is reported in the table with its error; the other models still run.
 """
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -67,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint_dir", default=None,
                    help="keep the checkpoints here (default: a temporary folder, deleted at the end)")
     p.add_argument("--no_plot", action="store_true", help="do not draw the bar chart")
+    p.add_argument("--append", action="store_true",
+                   help="add to <out>/<dataset>.json instead of replacing it: models run now replace their old "
+                        "rows, the other rows are kept (run models in parallel processes, or add one later)")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not args.models:
@@ -331,6 +338,8 @@ def _command(args):
         parts.append(f"--epochs {args.epochs}")
     parts += [f"--set {o}" for o in args.overrides]
     parts.append(f"--out {args.out}")
+    if args.append:
+        parts.append("--append")
     return " ".join(parts)
 
 
@@ -342,11 +351,14 @@ def _run_command(record, dataset):
     return f'python run_recbole.py --model={model} --dataset={dataset} --config_files="{files}" {extra}'.strip()
 
 
-def write_markdown(path, args, records, rows, env, chart_name):
+def write_markdown(path, dataset, commands, records, models, rows, env, chart_name):
+    """``commands``: [(command, environment)] of every results.py run whose records are in the table."""
     first_ok = next((r for r in records if r["status"] == "ok" and r["settings"]), None)
-    lines = [f"# Results on `{args.dataset}`", ""]
-    lines.append(f"Made by `{_command(args)}` on {env['date']} — {env['device']}, Python {env['python']}, "
-                 f"torch {env['torch']}, RecBole {env['recbole']}, commit `{env['commit']}`.")
+    lines = [f"# Results on `{dataset}`", ""]
+    for i, (command, e) in enumerate(commands):
+        lines.append(("Made by" if i == 0 else "and") + f" `{command}` on {e['date']} — {e['device']}, "
+                     f"Python {e['python']}, torch {e['torch']}, RecBole {e['recbole']}, commit `{e['commit']}`"
+                     + ("." if i == len(commands) - 1 else ""))
     lines.append("")
     if first_ok:
         s = first_ok["settings"]
@@ -359,8 +371,9 @@ def write_markdown(path, args, records, rows, env, chart_name):
                 s.get("user_inter_num_interval"), s.get("item_inter_num_interval"), s.get("valid_metric"),
                 s.get("stopping_step")))
         lines.append("")
-    seeds = ", ".join(map(str, args.seeds))
-    lines.append(f"Seeds: {seeds}" + (" — cells are mean ± std (ddof=1) over the seeds that finished." if len(args.seeds) > 1 else "."))
+    seed_list = sorted({r["seed"] for r in records if r.get("seed") is not None})
+    seeds = ", ".join(map(str, seed_list))
+    lines.append(f"Seeds: {seeds}" + (" — cells are mean ± std (ddof=1) over the seeds that finished." if len(seed_list) > 1 else "."))
     lines.append("`s/epoch` = training time per epoch, `s/eval` = one validation pass (full ranking), "
                  "`epochs` = epochs trained (best epoch in brackets, counting from 0).")
     lines.append("")
@@ -384,14 +397,14 @@ def write_markdown(path, args, records, rows, env, chart_name):
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if chart_name:
-        lines += [f"![test metrics on {args.dataset}]({chart_name})", ""]
+        lines += [f"![test metrics on {dataset}]({chart_name})", ""]
     lines += ["## Exact settings", ""]
-    for model in args.models:
+    for model in models:
         rec = next((r for r in records if r["model"] == model and r["settings"]), None)
         lines.append(f"### {model}")
         lines.append("")
         rec_any = next(r for r in records if r["model"] == model)
-        lines += ["```", _run_command(rec_any, args.dataset), "```", ""]
+        lines += ["```", _run_command(rec_any, dataset), "```", ""]
         if rec is None:
             lines += ["(no configuration: the run failed before its trainer was built)", ""]
             continue
@@ -440,6 +453,40 @@ def plot(path, dataset, rows):
 
 
 # ------------------------------------------------------------------------------------ main
+@contextlib.contextmanager
+def _locked(folder):
+    """An exclusive advisory lock on ``folder`` (POSIX, leaves no file behind); a no-op without fcntl."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _previous_table(json_path, new_models, new_commands):
+    """Records, commands and model order of an earlier table, minus the models being run again."""
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            saved = json.load(f)
+        old_records = saved["records"]
+        old_commands = [(c["command"], c["environment"]) for c in saved["commands"]] if "commands" in saved \
+            else [(saved["command"], saved["environment"])]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(f"results.py: --append cannot read the earlier table {json_path} ({err}); "
+                         f"fix or move that file, or run without --append to replace it") from err
+    kept = [r for r in old_records if r["model"] not in new_models]
+    models = list(dict.fromkeys(r["model"] for r in kept)) + list(new_models)
+    commands = [c for c in old_commands
+                if any(r.get("made_by", c[0]) == c[0] for r in kept)] + new_commands
+    return kept, commands, models
+
+
 def main(argv=None):
     args = parse_args(argv)
     # RecBole's Config reads --key=value from sys.argv: keep this script's own flags out of it.
@@ -447,6 +494,9 @@ def main(argv=None):
     import recbole_timeplug  # noqa: F401  (compat fixes, plugin registry)
 
     os.makedirs(args.out, exist_ok=True)
+    json_path = os.path.join(args.out, f"{args.dataset}.json")
+    if args.append and os.path.isfile(json_path):
+        _previous_table(json_path, args.models, [])  # an unreadable table fails now, before hours of training
     ckpt_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="timeplug_results_")
     records = []
     try:
@@ -473,16 +523,26 @@ def main(argv=None):
     finally:
         if args.checkpoint_dir is None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-    rows = aggregate(records, args.models)
     env = _environment()
-    chart = f"{args.dataset}.png"
-    drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows)
-    md_path = os.path.join(args.out, f"{args.dataset}.md")
-    write_markdown(md_path, args, records, rows, env, chart if drew else None)
-    with open(os.path.join(args.out, f"{args.dataset}.json"), "w", encoding="utf-8") as f:
-        json.dump({"command": _command(args), "environment": env, "records": records}, f, indent=1, default=str)
+    commands = [(_command(args), env)]
+    for record in records:
+        record["made_by"] = commands[0][0]
+    new_records = records
+    with _locked(args.out):  # parallel --append runs on one table take turns here
+        models = list(args.models)
+        if args.append and os.path.isfile(json_path):
+            kept, commands, models = _previous_table(json_path, args.models, commands)
+            records = kept + records
+        rows = aggregate(records, models)
+        chart = f"{args.dataset}.png"
+        drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows)
+        md_path = os.path.join(args.out, f"{args.dataset}.md")
+        write_markdown(md_path, args.dataset, commands, records, models, rows, env, chart if drew else None)
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "records": records},
+                      f, indent=1, default=str)
     print(f"results.py: wrote {md_path}" + (f" and {os.path.join(args.out, chart)}" if drew else ""))
-    return records
+    return new_records
 
 
 if __name__ == "__main__":

@@ -83,6 +83,37 @@ def test_results_table_matches_the_runs(tmp_path):
         assert (out / "tiny.png").stat().st_size > 0 and "![test metrics on tiny](tiny.png)" in md
 
 
+def test_results_append_grows_one_table(tmp_path):
+    data = tmp_path / "data"
+    write_inter(str(data / "tiny" / "tiny.inter"), n_users=40, n_items=30, min_len=8, max_len=12)
+    out = tmp_path / "out"
+    common = ["--dataset", "tiny", "--seeds", "3", "--out", str(out), "--set", f"data_path={data}",
+              "--set", "epochs=1", "--no_plot", *TINY]
+    first = results.main(["--models", "SASRec", *common])
+    second = results.main(["--models", "GRU4Rec", "--append", *common])
+    md = (out / "tiny.md").read_text()
+    rows = _table(md)
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    ndcg = [c.strip() for c in header.strip("|").split("|")].index("NDCG@10")
+    # both rows, each with the numbers its own run returned, and both commands named
+    assert list(rows) == ["SASRec", "GRU4Rec"]
+    for model, records in (("SASRec", first), ("GRU4Rec", second)):
+        assert rows[model][ndcg].strip("*") == f"{records[0]['test']['ndcg@10']:.4f}"
+    assert md.count("python benchmarks/results.py") == 2 and "--models GRU4Rec" in md and "--append" in md
+    # running a model again replaces its row (and drops a command no row comes from any more)
+    again = results.main(["--models", "SASRec", "--append", *common[:2], "--seeds", "4", *common[4:]])
+    saved = json.loads((out / "tiny.json").read_text())
+    assert [(r["model"], r["seed"]) for r in saved["records"]] == [("GRU4Rec", 3), ("SASRec", 4)]
+    assert len(saved["commands"]) == 2 and all("--append" in c["command"] for c in saved["commands"])
+    md = (out / "tiny.md").read_text()
+    assert _table(md)["SASRec"][ndcg].strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
+    # an unreadable earlier table is a clear error that names it, and is left as it was
+    (out / "tiny.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="tiny.json"):
+        results.main(["--models", "GRU4Rec", "--append", *common])
+    assert (out / "tiny.json").read_text() == "{not json"
+
+
 def test_results_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset", "x", "--models", "SASRec", "--seeds", "a,b"])

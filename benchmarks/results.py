@@ -199,6 +199,8 @@ def run_one(model, dataset, config_files, config_dict, label=None):
             valid=result["best_valid_result"],
             best_valid_score=result["best_valid_score"],
         )
+        if result.get("stages"):  # multi-stage models (TiMiRec): each earlier stage's own numbers
+            record["stages"] = result["stages"]
     except Exception as err:  # noqa: BLE001 - a failing model is reported in the table, not fatal
         traceback.print_exc()
         message = str(err).strip().splitlines()
@@ -308,6 +310,27 @@ def _fmt_int(mean_std):
     return f"{mean:,.0f}" if std is None or std == 0 else f"{mean:,.1f} ± {std:.1f}"
 
 
+def stage_records(record):
+    """Rows for the earlier stages of a multi-stage run, e.g. ``TiMiRec · pretrain`` (= ComiRec+).
+
+    The probe times only the final stage's trainer, so these rows carry metrics and the best epoch, not
+    epochs or timings; ``write_markdown`` says so under the table.
+    """
+    rows = []
+    for stage, numbers in (record.get("stages") or {}).items():
+        if not numbers.get("test_result"):
+            continue
+        rows.append({
+            **{k: record[k] for k in ("class", "seed", "config_files", "config_dict", "settings", "made_by")
+               if k in record},
+            "model": f"{record['model']} · {stage}", "stage_of": record["model"], "status": "ok",
+            "test": numbers["test_result"], "valid": numbers.get("best_valid_result"),
+            "best_valid_score": numbers.get("best_valid_score"), "params": None, "epochs": None,
+            "best_epoch": numbers.get("best_epoch"), "s_per_epoch": None, "s_per_eval": None,
+        })
+    return rows
+
+
 # ------------------------------------------------------------------------------------ outputs
 def _environment():
     import recbole
@@ -395,6 +418,11 @@ def write_markdown(path, dataset, commands, records, models, rows, env, chart_na
         if row["errors"]:
             cells[0] += f" ({row['n_ok']}/{row['n_runs']} seeds; failed: {'; '.join(row['errors'])})".replace("|", "\\|")
         lines.append("| " + " | ".join(cells) + " |")
+    staged = sorted({r["stage_of"] for r in records if r.get("stage_of")})
+    if staged:
+        lines.append(f"Multi-stage models ({', '.join(staged)}): the `· <stage>` row is the earlier stage's model "
+                     "tested on the same split (for TiMiRec, pretrain only = ComiRec+); the main row's epochs and "
+                     "timings are its last stage's, each stage having the same epoch budget.")
     lines.append("")
     if chart_name:
         lines += [f"![test metrics on {dataset}]({chart_name})", ""]
@@ -480,7 +508,7 @@ def _previous_table(json_path, new_models, new_commands):
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"results.py: --append cannot read the earlier table {json_path} ({err}); "
                          f"fix or move that file, or run without --append to replace it") from err
-    kept = [r for r in old_records if r["model"] not in new_models]
+    kept = [r for r in old_records if r["model"] not in new_models and r.get("stage_of") not in new_models]
     models = list(dict.fromkeys(r["model"] for r in kept)) + list(new_models)
     commands = [c for c in old_commands
                 if any(r.get("made_by", c[0]) == c[0] for r in kept)] + new_commands
@@ -513,6 +541,7 @@ def main(argv=None):
                 print(f"results.py: {label} (seed {seed}) on {args.dataset} ...", flush=True)
                 record = run_one(model, args.dataset, files, config_dict, label=label)
                 records.append(record)
+                records += stage_records(record)
                 if record["status"] == "ok":
                     t = record["test"]
                     print(f"results.py: {label} seed {seed}: test ndcg@10={t.get('ndcg@10'):.4f} "
@@ -529,9 +558,9 @@ def main(argv=None):
         record["made_by"] = commands[0][0]
     new_records = records
     with _locked(args.out):  # parallel --append runs on one table take turns here
-        models = list(args.models)
+        models = list(dict.fromkeys(r["model"] for r in records))  # the models asked for + their stage rows
         if args.append and os.path.isfile(json_path):
-            kept, commands, models = _previous_table(json_path, args.models, commands)
+            kept, commands, models = _previous_table(json_path, models, commands)
             records = kept + records
         rows = aggregate(records, models)
         chart = f"{args.dataset}.png"

@@ -114,6 +114,28 @@ def test_results_append_grows_one_table(tmp_path):
     assert (out / "tiny.json").read_text() == "{not json"
 
 
+def test_results_table_shows_earlier_stages(tmp_path):
+    # a TiMiRec-like run: the final stage's record, with stage one's own numbers in "stages"
+    test = {m: 0.01 * (i + 1) for i, m in enumerate(results.METRICS)}
+    pre = {m: 0.001 * (i + 1) for i, m in enumerate(results.METRICS)}
+    record = {"model": "TiMiRec", "class": "TiMiRec", "seed": 1, "config_files": [], "config_dict": {"seed": 1},
+              "status": "ok", "test": test, "valid": None, "best_valid_score": 0.5, "params": 1000,
+              "epochs": 3, "best_epoch": 2, "s_per_epoch": 1.5, "s_per_eval": 0.1, "settings": {"seed": 1},
+              "stages": {"pretrain": {"test_result": pre, "best_valid_score": 0.25, "best_epoch": 1}}}
+    records = [record] + results.stage_records(record)
+    models = ["TiMiRec", "TiMiRec · pretrain"]
+    env = {"date": "d", "device": "cpu", "python": "3", "torch": "2", "recbole": "1", "commit": "c"}
+    path = tmp_path / "t.md"
+    results.write_markdown(str(path), "t", [("cmd", env)], records, models,
+                           results.aggregate(records, models), env, None)
+    md = path.read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| TiMiRec · pretrain |"))
+    cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+    assert cells[1:7] == [f"{pre[m]:.4f}" for m in results.METRICS]  # stage one's test metrics
+    assert cells[7] == "0.2500" and cells[9] == "– (1)" and cells[10] == "–"  # no epochs/timings of its own
+    assert "pretrain only = ComiRec+" in md and md.count("### TiMiRec") == 2
+
+
 def test_results_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset", "x", "--models", "SASRec", "--seeds", "a,b"])

@@ -60,7 +60,7 @@ PROTOCOL_KEYS = ["eval_args", "user_inter_num_interval", "item_inter_num_interva
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, help="dataset name (atomic files in data_path/<name>/)")
-    p.add_argument("--models", required=True, help="comma-separated model names (plugin or RecBole)")
+    p.add_argument("--models", default="", help="comma-separated model names (plugin or RecBole)")
     p.add_argument("--config_files", default="", help="space-separated YAML files (win over baseline/*.yaml)")
     p.add_argument("--seeds", default="2020", help="comma-separated seeds; >1 seed -> mean ± std")
     p.add_argument("--epochs", type=int, default=None, help="override `epochs` (max epochs; early stopping still applies)")
@@ -74,9 +74,12 @@ def parse_args(argv=None):
     p.add_argument("--append", action="store_true",
                    help="add to <out>/<dataset>.json instead of replacing it: models run now replace their old "
                         "rows, the other rows are kept (run models in parallel processes, or add one later)")
+    p.add_argument("--render", action="store_true",
+                   help="train nothing: rewrite <dataset>.md/.png from <out>/<dataset>.json (e.g. after installing "
+                        "matplotlib); --models, if given, puts those rows first in that order")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not args.models:
+    if not args.models and not args.render:
         p.error("--models is empty: give comma-separated model names, e.g. --models SASRec,GRU4Rec")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
@@ -291,6 +294,9 @@ def aggregate(records, models):
         row["valid"] = _mean_std([r["best_valid_score"] for r in ok])
         for key in ("params", "epochs", "best_epoch", "s_per_epoch", "s_per_eval"):
             row[key] = _mean_std([r[key] for r in ok])
+        # stopped by the `epochs` cap rather than by early stopping (still improving, or just not patient enough)
+        row["capped"] = any(r["epochs"] is not None and r["epochs"] >= ((r.get("settings") or {}).get("epochs") or 10**9)
+                            for r in ok)
         rows.append(row)
     return rows
 
@@ -374,7 +380,7 @@ def _run_command(record, dataset):
     return f'python run_recbole.py --model={model} --dataset={dataset} --config_files="{files}" {extra}'.strip()
 
 
-def write_markdown(path, dataset, commands, records, models, rows, env, chart_name):
+def write_markdown(path, dataset, commands, records, models, rows, chart_name):
     """``commands``: [(command, environment)] of every results.py run whose records are in the table."""
     first_ok = next((r for r in records if r["status"] == "ok" and r["settings"]), None)
     lines = [f"# Results on `{dataset}`", ""]
@@ -413,11 +419,14 @@ def write_markdown(path, dataset, commands, records, models, rows, env, chart_na
         for m in METRICS:
             cell = _fmt(row[m])
             cells.append(f"**{cell}**" if best[m] is not None and row[m][0] == best[m] and len(rows) > 1 else cell)
-        epochs = _fmt_int(row["epochs"]) + (f" ({_fmt_int(row['best_epoch'])})" if row["best_epoch"][0] is not None else "")
+        epochs = _fmt_int(row["epochs"]) + ("†" if row["capped"] else "") \
+            + (f" ({_fmt_int(row['best_epoch'])})" if row["best_epoch"][0] is not None else "")
         cells += [_fmt(row["valid"]), _fmt_int(row["params"]), epochs, _fmt(row["s_per_epoch"], 2), _fmt(row["s_per_eval"], 2)]
         if row["errors"]:
             cells[0] += f" ({row['n_ok']}/{row['n_runs']} seeds; failed: {'; '.join(row['errors'])})".replace("|", "\\|")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(row.get("capped") for row in rows):
+        lines.append("† stopped by the `epochs` cap, not by early stopping: these numbers are not converged.")
     staged = sorted({r["stage_of"] for r in records if r.get("stage_of")})
     if staged:
         lines.append(f"Multi-stage models ({', '.join(staged)}): the `· <stage>` row is the earlier stage's model "
@@ -523,6 +532,14 @@ def main(argv=None):
 
     os.makedirs(args.out, exist_ok=True)
     json_path = os.path.join(args.out, f"{args.dataset}.json")
+    if args.render:
+        if not os.path.isfile(json_path):
+            raise SystemExit(f"results.py: --render needs {json_path}, written by an earlier run of this script")
+        with _locked(args.out):
+            records, commands, models = _previous_table(json_path, [], [])
+            models = sorted(models, key=lambda m: _order_key(m, args.models, models))
+            _write_outputs(args, json_path, records, commands, models)
+        return records
     if args.append and os.path.isfile(json_path):
         _previous_table(json_path, args.models, [])  # an unreadable table fails now, before hours of training
     ckpt_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="timeplug_results_")
@@ -562,16 +579,28 @@ def main(argv=None):
         if args.append and os.path.isfile(json_path):
             kept, commands, models = _previous_table(json_path, models, commands)
             records = kept + records
-        rows = aggregate(records, models)
-        chart = f"{args.dataset}.png"
-        drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows)
-        md_path = os.path.join(args.out, f"{args.dataset}.md")
-        write_markdown(md_path, args.dataset, commands, records, models, rows, env, chart if drew else None)
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "records": records},
-                      f, indent=1, default=str)
-    print(f"results.py: wrote {md_path}" + (f" and {os.path.join(args.out, chart)}" if drew else ""))
+        _write_outputs(args, json_path, records, commands, models)
     return new_records
+
+
+def _order_key(model, wanted, models):
+    """Rows in --models order (a stage row right after its model), the others after them as they were."""
+    base = model.split(" · ")[0]
+    if base in wanted:
+        return (0, wanted.index(base), model != base)
+    return (1, models.index(model), False)
+
+
+def _write_outputs(args, json_path, records, commands, models):
+    rows = aggregate(records, models)
+    chart = f"{args.dataset}.png"
+    drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows)
+    md_path = os.path.join(args.out, f"{args.dataset}.md")
+    write_markdown(md_path, args.dataset, commands, records, models, rows, chart if drew else None)
+    with open(json_path, "w", encoding="utf-8") as f:
+        json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "records": records},
+                  f, indent=1, default=str)
+    print(f"results.py: wrote {md_path}" + (f" and {os.path.join(args.out, chart)}" if drew else ""))
 
 
 if __name__ == "__main__":

@@ -107,6 +107,14 @@ def test_results_append_grows_one_table(tmp_path):
     assert len(saved["commands"]) == 2 and all("--append" in c["command"] for c in saved["commands"])
     md = (out / "tiny.md").read_text()
     assert _table(md)["SASRec"][ndcg].strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
+    # --render trains nothing: same records, rows in the order asked for, runs cut by the epoch cap marked †
+    before = (out / "tiny.json").read_text()
+    assert results.main(["--dataset", "tiny", "--out", str(out), "--render", "--models", "SASRec", "--no_plot"])
+    md = (out / "tiny.md").read_text()
+    assert list(_table(md)) == ["SASRec", "GRU4Rec"] and json.loads(before) == json.loads((out / "tiny.json").read_text())
+    assert _table(md)["SASRec"][ndcg].strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
+    epochs_col = [c.strip() for c in header.strip("|").split("|")].index("epochs")
+    assert _table(md)["GRU4Rec"][epochs_col].startswith("1†") and "† stopped by the `epochs` cap" in md
     # an unreadable earlier table is a clear error that names it, and is left as it was
     (out / "tiny.json").write_text("{not json")
     with pytest.raises(SystemExit, match="tiny.json"):
@@ -126,8 +134,7 @@ def test_results_table_shows_earlier_stages(tmp_path):
     models = ["TiMiRec", "TiMiRec · pretrain"]
     env = {"date": "d", "device": "cpu", "python": "3", "torch": "2", "recbole": "1", "commit": "c"}
     path = tmp_path / "t.md"
-    results.write_markdown(str(path), "t", [("cmd", env)], records, models,
-                           results.aggregate(records, models), env, None)
+    results.write_markdown(str(path), "t", [("cmd", env)], records, models, results.aggregate(records, models), None)
     md = path.read_text()
     line = next(x for x in md.splitlines() if x.startswith("| TiMiRec · pretrain |"))
     cells = [c.strip().strip("*") for c in line.strip("|").split("|")]

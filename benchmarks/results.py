@@ -19,7 +19,10 @@ needs matplotlib: ``pip install -e ".[plot]"`` — without it the chart is skipp
 With several seeds the table shows mean ± std (sample std, ddof=1) over the seeds that finished.
 ``--append`` adds to an existing ``<out>/<dataset>.json`` (models run now replace their old rows), so a
 table can be filled by several processes in parallel or grown one model at a time; the table then names
-every command that contributed.
+every command that contributed. ``--render`` rewrites the table and chart from that JSON without training
+(``--models`` then sets the row order). A run stopped by the ``epochs`` cap rather than by early stopping
+is marked † in the table. A multi-stage model (TiMiRec) also gets a row per earlier stage
+(``TiMiRec · pretrain`` = ComiRec+), tested on the same split.
 A model that fails is reported in the table with its error; the other models still run.
 """
 

@@ -388,7 +388,7 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
     first_ok = next((r for r in records if r["status"] == "ok" and r["settings"]), None)
     lines = [f"# Results on `{dataset}`", ""]
     for i, (command, e) in enumerate(commands):
-        lines.append(("Made by" if i == 0 else "and") + f" `{command}` on {e['date']} — {e['device']}, "
+        lines.append(("Made by" if i == 0 else "and") + f" `{command}` (started {e['date']}) — {e['device']}, "
                      f"Python {e['python']}, torch {e['torch']}, RecBole {e['recbole']}, commit `{e['commit']}`"
                      + ("." if i == len(commands) - 1 else ""))
     lines.append("")
@@ -428,6 +428,7 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
         if row["errors"]:
             cells[0] += f" ({row['n_ok']}/{row['n_runs']} seeds; failed: {'; '.join(row['errors'])})".replace("|", "\\|")
         lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")  # a line right after a table would be read as one more row
     if any(row.get("capped") for row in rows):
         lines.append("† stopped by the `epochs` cap, not by early stopping: these numbers are not converged.")
     staged = sorted({r["stage_of"] for r in records if r.get("stage_of")})
@@ -484,10 +485,11 @@ def plot(path, dataset, rows):
     ax.set_xticklabels([METRIC_LABELS[m] for m in METRICS])
     ax.set_ylabel("test score")
     ax.set_title(f"{dataset}: test metrics (full ranking, leave-one-out)")
-    ax.legend(fontsize="small", ncol=min(4, len(rows)))
+    # below the axes: inside, the legend hides the tallest bars (Hit@20)
+    ax.legend(fontsize="small", ncol=min(5, len(rows)), loc="upper center", bbox_to_anchor=(0.5, -0.1),
+              frameon=False)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -545,6 +547,7 @@ def main(argv=None):
         return records
     if args.append and os.path.isfile(json_path):
         _previous_table(json_path, args.models, [])  # an unreadable table fails now, before hours of training
+    env = _environment()  # now: the commit whose code this process runs, the date its runs started
     ckpt_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="timeplug_results_")
     records = []
     try:
@@ -572,7 +575,6 @@ def main(argv=None):
     finally:
         if args.checkpoint_dir is None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
-    env = _environment()
     commands = [(_command(args), env)]
     for record in records:
         record["made_by"] = commands[0][0]

@@ -1,7 +1,7 @@
 """Training-step time of MASAN relative to RecBole's LightSANs, for each alpha-entmax path, in one run.
 
     python benchmarks/masan_speed.py                      # CPU: batch 128, L 50, d 64, 2 layers, k 20
-    python benchmarks/masan_speed.py --device cuda --batch-size 1024 --seq-len 150
+    python benchmarks/masan_speed.py --device cuda --batch_size 1024 --seq_len 150
 
 One training step = forward + CE loss over all items + backward + Adam step, on a synthetic right-padded
 batch (lengths uniform in 1..L).  The models are timed interleaved (one step each, round after round) so
@@ -47,12 +47,12 @@ VARIANTS = [
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--seq-len", type=int, default=50)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=128)
+    parser.add_argument("--seq_len", "--seq-len", type=int, default=50)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--k", type=int, default=20)
-    parser.add_argument("--n-items", type=int, default=1700)
+    parser.add_argument("--n_items", "--n-items", type=int, default=1700)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

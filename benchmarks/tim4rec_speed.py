@@ -3,9 +3,9 @@
 One run measures every (model, backend, L) and prints the ratios to SASRec at the same L:
 
     python benchmarks/tim4rec_speed.py                      # L = 50, 200, 1000; d = 64; batch 256
-    python benchmarks/tim4rec_speed.py --batch-size 16 --lengths 50 200 --steps 3   # a small CPU run
+    python benchmarks/tim4rec_speed.py --batch_size 16 --lengths 50 200 --steps 3   # a small CPU run
 
-A step is forward + backward + Adam update of ``calculate_loss`` (full-softmax CE over ``--n-items``
+A step is forward + backward + Adam update of ``calculate_loss`` (full-softmax CE over ``--n_items``
 items) on a synthetic batch of full-length sequences with increasing timestamps.  Both models use
 their shipped defaults (TiM4Rec: official movie_64d settings, 2 layers, H = 4, N = 32, chunk 32;
 SASRec: RecBole's SASRec.yaml, 2 layers, 2 heads) at ``hidden_size`` d.
@@ -143,9 +143,9 @@ def available_backends(device):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[50, 200, 1000])
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=256)
     parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--n-items", type=int, default=3000)
+    parser.add_argument("--n_items", "--n-items", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -160,7 +160,7 @@ def main():
     backends = available_backends(args.device)
     runs = [("SASRec", "-")] + [("TiM4Rec", b) for b in backends]
     results = {}
-    passthrough = ["--batch-size", str(args.batch_size), "--hidden", str(args.hidden), "--n-items",
+    passthrough = ["--batch_size", str(args.batch_size), "--hidden", str(args.hidden), "--n_items",
                    str(args.n_items), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
     for length in args.lengths:
         for model_name, backend in runs:

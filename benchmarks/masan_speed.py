@@ -24,14 +24,7 @@ from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.lightsans import LightSANs
 from recbole_timeplug.config import Config
 from recbole_timeplug.model.sequential_recommender.masan import MASAN
-
-
-class _Data:
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
+from recbole_timeplug.standalone import ItemCountDataset
 
 
 VARIANTS = [
@@ -85,7 +78,7 @@ def main(argv=None):
     for label, name, extra in VARIANTS:
         torch.manual_seed(0)
         config = Config(model=name, dataset="ml-100k", config_dict={**common, **extra})
-        model = (LightSANs if name == "LightSANs" else MASAN)(config, _Data(args.n_items)).to(device).train()
+        model = (LightSANs if name == "LightSANs" else MASAN)(config, ItemCountDataset(args.n_items)).to(device).train()
         runs.append({"label": label, "model": model, "opt": torch.optim.Adam(model.parameters(), lr=1e-3), "times": []})
 
     def step(run):

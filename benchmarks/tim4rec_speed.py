@@ -31,19 +31,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-class _Cfg(dict):
-    def __getitem__(self, key):  # RecBole's Config returns None for missing keys
-        return self.get(key)
-
-
-class _Data:
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
-
-
 def _yaml_defaults(path):
     import yaml
 
@@ -60,29 +47,21 @@ def _yaml_defaults(path):
 
 def build(model_name, backend, length, hidden, n_items, device):
     import recbole_timeplug  # noqa: F401  (compat fixes: anomaly mode off, numpy aliases)
+    from recbole_timeplug.standalone import ItemCountDataset, standalone_config
 
-    base = {
-        "USER_ID_FIELD": "user_id",
-        "ITEM_ID_FIELD": "item_id",
-        "LIST_SUFFIX": "_list",
-        "ITEM_LIST_LENGTH_FIELD": "item_length",
-        "NEG_PREFIX": "neg_",
-        "TIME_FIELD": "timestamp",
-        "MAX_ITEM_LIST_LENGTH": length,
-        "device": device,
-    }
+    base = {"MAX_ITEM_LIST_LENGTH": length, "device": device}
     if model_name == "SASRec":
         import recbole
         from recbole.model.sequential_recommender.sasrec import SASRec
 
         cfg = _yaml_defaults(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", "SASRec.yaml"))
         cfg.update(base, hidden_size=hidden, inner_size=4 * hidden, loss_type="CE")
-        return SASRec(_Cfg(cfg), _Data(n_items))
+        return SASRec(standalone_config(**cfg), ItemCountDataset(n_items))
     from recbole_timeplug.model.sequential_recommender.tim4rec import TiM4Rec
 
     cfg = _yaml_defaults(os.path.join(REPO, "recbole_timeplug", "properties", "model", "TiM4Rec.yaml"))
     cfg.update(base, hidden_size=hidden, ssd_backend=backend)
-    return TiM4Rec(_Cfg(cfg), _Data(n_items))
+    return TiM4Rec(standalone_config(**cfg), ItemCountDataset(n_items))
 
 
 def measure(model_name, backend, length, args):

@@ -29,28 +29,15 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class _Config(dict):
-    def __getitem__(self, key):
-        return self.get(key)
-
-
-class _Dataset:
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
-
-
 def _build(kind, length, args, device):
     import recbole_timeplug  # noqa: F401  (compat fixes)
     from recbole.model.sequential_recommender.sasrec import SASRec
 
     from recbole_timeplug.model.sequential_recommender.tisasrec import TiSASRec
+    from recbole_timeplug.standalone import ItemCountDataset, standalone_config
 
-    config = _Config(
-        USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", TIME_FIELD="timestamp", LIST_SUFFIX="_list",
-        ITEM_LIST_LENGTH_FIELD="item_length", NEG_PREFIX="neg_", MAX_ITEM_LIST_LENGTH=length, device=device,
+    config = standalone_config(
+        MAX_ITEM_LIST_LENGTH=length, device=device,
         hidden_size=args.hidden_size, n_layers=args.n_layers, n_heads=args.n_heads, loss_type="CE",
         train_neg_sample_args={"distribution": "none", "sample_num": "none"},
         # TiSASRec
@@ -62,8 +49,8 @@ def _build(kind, length, args, device):
     )
     if kind == "sasrec":
         config["layer_norm_eps"] = 1e-12
-        return SASRec(config, _Dataset(args.n_items)).to(device)
-    return TiSASRec(config, _Dataset(args.n_items)).to(device)
+        return SASRec(config, ItemCountDataset(args.n_items)).to(device)
+    return TiSASRec(config, ItemCountDataset(args.n_items)).to(device)
 
 
 def _batch(length, args, device, seed):

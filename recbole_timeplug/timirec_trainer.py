@@ -152,36 +152,20 @@ class TiMiRecTrainer(Trainer):
     # ---------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
-        if not eval_data:
-            return None
-        if load_best_model:
-            self._barrier()
-            path = model_file or self.saved_model_file
-            payload = self._load(path)
-            model = self._model_for(phase_of_state_dict(payload["state_dict"]), eval_data)
-            load_model_state(model, payload, self.config, path)
-            self.logger.info(f"Loading model structure and parameters from {path}")
-        else:
-            model = self.model
-        result = self._evaluate_with(model, eval_data, show_progress)
-        if self._pretrain_test_pending and not self._in_fit and model_file is None:
+        result = super().evaluate(eval_data, load_best_model, model_file, show_progress)
+        if eval_data and self._pretrain_test_pending and not self._in_fit and model_file is None:
             self._pretrain_test_pending = False
             self._test_pretrain_stage(eval_data, show_progress)
         return result
+
+    def _model_for_checkpoint(self, payload, eval_data):
+        return self._model_for(phase_of_state_dict(payload["state_dict"]), eval_data)
 
     def _model_for(self, phase, eval_data):
         """``self.model`` if it has the checkpoint's structure, else a TiMiRec of that stage (test-only)."""
         if phase == self.model.phase:
             return self.model
         return type(self.model)(self.config, eval_data._dataset, stage=phase).to(self.device)
-
-    def _evaluate_with(self, model, eval_data, show_progress):
-        own = self.model
-        self.model = model
-        try:
-            return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
-        finally:
-            self.model = own
 
     def _test_pretrain_stage(self, eval_data, show_progress):
         """The pretrain-only (ComiRec+-like) model of stage one, tested on the data the final model was tested on."""

@@ -228,13 +228,28 @@ class CheckpointMixin:
     def evaluate(self, eval_data, load_best_model=True, model_file=None, show_progress=False):
         if not eval_data:
             return None
+        model = self.model
         if load_best_model:
             self._barrier()
             checkpoint_file = model_file or self.saved_model_file
             payload = self._load(checkpoint_file)
-            load_model_state(self.model, payload, self.config, checkpoint_file)
+            model = self._model_for_checkpoint(payload, eval_data)
+            load_model_state(model, payload, self.config, checkpoint_file)
             self.logger.info(f"Loading model structure and parameters from {checkpoint_file}")
-        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        return self._evaluate_with(model, eval_data, show_progress)
+
+    def _model_for_checkpoint(self, payload, eval_data):
+        """The model a checkpoint's weights go into for evaluation; multi-stage trainers pick per stage."""
+        return self.model
+
+    def _evaluate_with(self, model, eval_data, show_progress):
+        """RecBole's evaluation of ``model`` (``self.model`` is swapped in for the call, then restored)."""
+        own = self.model
+        self.model = model
+        try:
+            return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+        finally:
+            self.model = own
 
 
 def _remove_placeholder(path):

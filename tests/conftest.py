@@ -1,6 +1,8 @@
 """Shared fixtures: a generated dataset (no downloads), tiny configs, and a CLI runner."""
 
+import ast
 import os
+import re
 import subprocess
 import sys
 
@@ -93,6 +95,18 @@ def run_cli(tmp_path):
         return proc
 
     return _run
+
+
+def printed(output, label):
+    """The last ``<label> : {...}`` dict a run printed (e.g. "test result"), as text: compare runs with it."""
+    found = re.findall(re.escape(label) + r"\s*: (\{.*\})", output)
+    assert found, f"no '{label}' line in output:\n{output[-3000:]}"
+    return found[-1]
+
+
+def printed_metrics(output, label="test result"):
+    """The same line as a dict of metric -> float."""
+    return ast.literal_eval(printed(output, label))
 
 
 def cli_args(config):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import cli_args, write_inter
+from conftest import cli_args, printed, printed_metrics, write_inter
 from recbole_timeplug.config import Config
 from recbole_timeplug.errors import TimeplugError
 from recbole_timeplug.layers.neighbor_index import NeighborIndex, naive_neighbors, training_interactions
@@ -289,8 +289,8 @@ def test_cli_trains_evaluates_and_reloads_on_ml100k(tmp_path, run_cli):
     }
     out = run_cli("run_recbole.py", *cli_args(config))
     text = out.stdout + out.stderr
-    test_line = re.findall(r"test result\s*: (\{.*\})", text)[-1]
-    metrics = eval(test_line)  # noqa: S307 - our own printed dict
+    test_line = printed(text, "test result")
+    metrics = printed_metrics(text)
     assert set(metrics) == {"hit@10", "ndcg@10", "mrr@10"} and 0 < metrics["hit@10"] <= 1
     best = re.search(r"best checkpoint\s*: (\S+)", text).group(1)
     payload = torch.load(best, weights_only=True)
@@ -298,4 +298,4 @@ def test_cli_trains_evaluates_and_reloads_on_ml100k(tmp_path, run_cli):
 
     # test-only: the index is rebuilt from the data, the metrics are those of the training run
     again = run_cli("run_recbole.py", f"--checkpoint_path={best}", "--test_only=True", "--state=INFO")
-    assert re.findall(r"test result\s*: (\{.*\})", again.stdout + again.stderr)[-1] == test_line
+    assert printed(again.stdout + again.stderr, "test result") == test_line

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from conftest import TINY_MODEL, cli_args
+from conftest import TINY_MODEL, cli_args, printed
 from recbole_timeplug.errors import TimeplugError
 from recbole_timeplug.quick_start import load_data_and_model, run, run_recbole
 
@@ -36,17 +36,11 @@ def test_sasrec_matches_recbole_own_pipeline(tmp_path):
     assert torch.is_anomaly_enabled() is False
 
 
-def _printed(stdout_and_err, label):
-    found = re.findall(label + r"\s*: (\{.*\})", stdout_and_err)
-    assert found, f"no '{label}' line in output"
-    return found[-1]
-
-
 def test_cli_train_then_test_only(tiny_config, run_cli):
     config = dict(tiny_config, state="INFO")
     train = run_cli("run_recbole.py", *cli_args(config))
     out = train.stdout + train.stderr
-    test_line = _printed(out, "test result")
+    test_line = printed(out, "test result")
     best = re.search(r"best checkpoint\s*: (\S+)", out).group(1)
     last = re.search(r"last checkpoint\s*: (\S+)", out).group(1)
     assert last.endswith("-last.pth")
@@ -54,7 +48,7 @@ def test_cli_train_then_test_only(tiny_config, run_cli):
     # evaluate saved weights: the same metric table as at training time, no training
     evaluate = run_cli("run_recbole.py", f"--checkpoint_path={best}", "--test_only=True", "--state=INFO")
     out2 = evaluate.stdout + evaluate.stderr
-    assert _printed(out2, "test result") == test_line
+    assert printed(out2, "test result") == test_line
     assert "training [time" not in out2
 
 

@@ -3,14 +3,13 @@ forward pass, padding invariance, config errors, and end-to-end runs (ml-100k vi
 
 import math
 import os
-import re
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, cli_args
+from conftest import REPO, cli_args, printed_metrics
 from recbole_timeplug.layers.time_interval import (
     bucketed_interval_attention,
     history_mask,
@@ -21,30 +20,15 @@ from recbole_timeplug.layers.time_interval import (
     user_min_gap_table,
 )
 from recbole_timeplug.model.sequential_recommender.tisasrec import TiSASRec
+from recbole_timeplug.standalone import ItemCountDataset, standalone_config
 
 PAD_GARBAGE_TIME = 5.0e9  # padding content that must never matter
 
 
 # ------------------------------------------------------------------------------------ helpers
-class _Config(dict):
-    """The part of RecBole's Config a model reads (missing keys -> None, like RecBole)."""
-
-    def __getitem__(self, key):
-        return self.get(key)
-
-
-class _Dataset:
-    def __init__(self, n_items):
-        self.n_items = n_items
-
-    def num(self, field):
-        return self.n_items
-
-
 def _model(**overrides):
-    config = _Config(
-        USER_ID_FIELD="user_id", ITEM_ID_FIELD="item_id", TIME_FIELD="timestamp", LIST_SUFFIX="_list",
-        ITEM_LIST_LENGTH_FIELD="item_length", NEG_PREFIX="neg_", MAX_ITEM_LIST_LENGTH=8, device="cpu",
+    config = standalone_config(
+        MAX_ITEM_LIST_LENGTH=8, device="cpu",
         hidden_size=12, n_layers=2, n_heads=3, dropout_prob=0.2, time_span=6, time_scale="user_min_history",
         time_unit=1.0, interval_dropout="bucket", layer_norm_eps=1e-8, initializer="xavier_uniform",
         initializer_range=0.02, l2_emb=0.0, loss_type="CE",
@@ -52,7 +36,7 @@ def _model(**overrides):
     )
     config.update(overrides)
     torch.manual_seed(0)
-    return TiSASRec(config, _Dataset(30))
+    return TiSASRec(config, ItemCountDataset(30))
 
 
 def _batch(seed=0, batch=5, width=8, n_items=30):
@@ -307,12 +291,6 @@ def test_user_min_train_matches_the_raw_file(tiny_config):
         assert model.user_min_gap[uid].item() == expected
 
 
-def _printed(output, label):
-    found = re.findall(label + r"\s*: (\{.*\})", output)
-    assert found, f"no '{label}' line in output:\n{output[-3000:]}"
-    return eval(found[-1])  # noqa: S307 - RecBole prints a dict literal
-
-
 def test_cli_trains_and_evaluates_on_ml100k(run_cli, tmp_path):
     config = {
         "model": "TiSASRec", "dataset": "ml-100k", "epochs": 1, "train_batch_size": 2048, "eval_batch_size": 4096,
@@ -324,7 +302,7 @@ def test_cli_trains_and_evaluates_on_ml100k(run_cli, tmp_path):
     }
     proc = run_cli("run_recbole.py", *cli_args(config))
     out = proc.stdout + proc.stderr
-    test = _printed(out, "test result")
+    test = printed_metrics(out)
     assert 0.0 < test["hit@10"] <= 1.0 and 0.0 < test["ndcg@10"] <= test["hit@10"]
     assert "time_scale = user_min_history" in out and "training [time" in out
 

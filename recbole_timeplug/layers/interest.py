@@ -173,13 +173,13 @@ def max_interest_scores(interests, item_emb, chunk_size=None):
     N = item_emb.size(0)
     chunk = chunk_size or max(1, -(-N // K))
     flat = interests.reshape(B * K, d)
-    out = torch.empty(B, N, dtype=torch.result_type(interests, item_emb), device=interests.device)
     if torch.is_grad_enabled() and (interests.requires_grad or item_emb.requires_grad):
         # autograd cannot write into a preallocated tensor: same chunks, concatenated
         return torch.cat(
             [torch.matmul(flat, item_emb[i : i + chunk].t()).view(B, K, -1).amax(dim=1) for i in range(0, N, chunk)],
             dim=1,
         )
+    out = torch.empty(B, N, dtype=torch.result_type(interests, item_emb), device=interests.device)
     for i in range(0, N, chunk):
         block = torch.matmul(flat, item_emb[i : i + chunk].t()).view(B, K, -1)
         torch.amax(block, dim=1, out=out[:, i : i + chunk])

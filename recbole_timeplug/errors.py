@@ -17,5 +17,9 @@ class MissingFieldError(TimeplugError, ValueError):
     """A model needs a field (e.g. ``timestamp``) that the config does not load."""
 
 
+class ModelConfigError(TimeplugError, ValueError):
+    """A model's config value is missing or invalid (raised by ``validation.ConfigChecks``)."""
+
+
 class CheckpointError(TimeplugError, RuntimeError):
     """A checkpoint cannot be used: unreadable, legacy and untrusted, another model, or incompatible."""

@@ -20,12 +20,14 @@ from logging import getLogger
 import torch
 import yaml
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_environment, init_logger, init_seed, set_color
+from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
 
 from recbole_timeplug.checkpoint import TRUST_KEY, check_checkpoint_model, load_checkpoint, load_model_state
 from recbole_timeplug.config import Config
 from recbole_timeplug.errors import DatasetNotFoundError, MissingFieldError, TimeplugError
 from recbole_timeplug.registry import get_model, get_trainer
+from recbole_timeplug.utils import plain_metrics
+from recbole_timeplug.validation import check_sequence_length
 
 DATASET_DOCS = "dataset/README.md"
 
@@ -121,8 +123,10 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
 
 
 def _prepare(config, logger=None):
-    check_dataset_files(config)
     model_class = get_model(config["model"])
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        check_sequence_length(config)
+    check_dataset_files(config)
     check_required_fields(config, model_class)
     dataset = create_dataset(config)
     check_required_fields(config, model_class, dataset)
@@ -177,8 +181,13 @@ def run(
     return None if queue.empty() else queue.get()
 
 
-def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None):
+def run_recbole(
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None, epoch_listeners=()
+):
     """Train and test a model (or, with ``checkpoint_path`` + ``test_only``, only test saved weights).
+
+    ``epoch_listeners``: callables ``(trainer, "train" | "valid", seconds)`` told after every training epoch
+    and validation pass of every training stage (e.g. to time a run; see ``benchmarks/results.py``).
 
     Returns a dict with ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
     ``test_result`` and the checkpoint paths ``saved_model_file`` / ``last_model_file``.
@@ -199,14 +208,18 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         _log_flops(model, dataset, config, logger)
 
     trainer = get_trainer(config["MODEL_TYPE"], config["model"])(config, model)
+    trainer.epoch_listeners.extend(epoch_listeners)
     checkpoint_path = config["checkpoint_path"]
     show_progress = config["show_progress"]
 
     if config["test_only"]:
         if not checkpoint_path:
             raise TimeplugError("`test_only: True` needs `checkpoint_path`: the checkpoint file to evaluate.")
-        valid_result = trainer.evaluate(valid_data, model_file=checkpoint_path, show_progress=show_progress)
-        test_result = trainer.evaluate(test_data, model_file=checkpoint_path, show_progress=show_progress)
+        # evaluate the payload build_config read: the file is read once
+        valid_result, test_result = (
+            trainer.evaluate(data, model_file=checkpoint_path, show_progress=show_progress, checkpoint=payload)
+            for data in (valid_data, test_data)
+        )
         best_valid_score = None
         if valid_result:
             from recbole.utils import calculate_valid_score
@@ -216,7 +229,7 @@ def run_recbole(model=None, dataset=None, config_file_list=None, config_dict=Non
         logger.info(set_color("evaluated checkpoint", "yellow") + f": {checkpoint_path}")
     else:
         if checkpoint_path:
-            trainer.resume_checkpoint(checkpoint_path)
+            trainer.resume_checkpoint(checkpoint_path, checkpoint=payload)
         best_valid_score, best_valid_result = trainer.fit(
             train_data, valid_data, saved=saved, show_progress=show_progress
         )
@@ -251,15 +264,11 @@ def _result(config, best_valid_score, best_valid_result, test_result, saved_file
         "model": config["model"],
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
-        "best_valid_result": _plain(best_valid_result),
-        "test_result": _plain(test_result),
+        "best_valid_result": plain_metrics(best_valid_result),
+        "test_result": plain_metrics(test_result),
         "saved_model_file": saved_file,
         "last_model_file": last_file,
     }
-
-
-def _plain(result):
-    return None if result is None else {k: float(v) for k, v in result.items()}
 
 
 def run_recboles(rank, *args):

@@ -53,13 +53,12 @@ chunks or use ``uni100``).
 import math
 
 import torch
-import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
 
-from recbole_timeplug.errors import TimeplugError
 from recbole_timeplug.layers.neighbor_index import WINDOWS, NeighborIndex
+from recbole_timeplug.validation import ConfigChecks, is_number
 
 DROPOUT_SLOTS = (
     "user_emb",
@@ -79,15 +78,6 @@ TIME_REFS = ("target", "last_history")
 _PER_SLOT_DROPOUT = (1, 2, 3, 4)
 
 
-def _positive_int_or_none(config, key):
-    value = config[key]
-    if value in (None, 0, "None", "none"):
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise TimeplugError(f"ARERec: `{key}` must be a positive integer (or ~ for no limit); got {value!r}.")
-    return value
-
-
 class ARERec(SequentialRecommender):
     """ARERec (IEEE Access 2022) adapted to leak-free next-item recommendation (module docstring)."""
 
@@ -95,20 +85,39 @@ class ARERec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.embedding_size = config["embedding_size"]
-        self.region_size = config["region_size"]
-        self.n_heads = config["n_heads"]
-        self.use_attention = bool(config["use_attention"])
-        self.time_ref = config["time_ref"]
-        self.masked_max = bool(config["masked_max"])
-        self.cold_item_bias = bool(config["cold_item_bias"])
-        self.eval_item_chunk = _positive_int_or_none(config, "eval_item_chunk")
-        self.eval_user_chunk = _positive_int_or_none(config, "eval_user_chunk")
-        max_neighbors = _positive_int_or_none(config, "max_neighbors")
-        window = config["neighbor_window"]
-        dropout_probs = list(config["dropout_probs"] or [0.0] * len(DROPOUT_SLOTS))
-        reg_weights = list(config["reg_weights"] or [0.0] * len(REG_SLOTS))
-        self._check_config(config, window, dropout_probs, reg_weights)
+        check = ConfigChecks("ARERec", config)
+        # BPR only: a negative is scored from its own neighbours at the same query time; full-softmax CE
+        # would need every item's neighbour look-up for every sample
+        check.loss_type(("BPR",))
+        self.embedding_size = check.positive_int("embedding_size")
+        self.region_size = check.positive_int("region_size")
+        self.n_heads = check.positive_int("n_heads")
+        self.use_attention = check.boolean("use_attention")
+        if self.use_attention:
+            check.divides("embedding_size", "n_heads", self.embedding_size, self.n_heads)
+        self.time_ref = check.one_of("time_ref", TIME_REFS)
+        self.masked_max = check.boolean("masked_max")
+        self.cold_item_bias = check.boolean("cold_item_bias")
+        self.eval_item_chunk = check.positive_int("eval_item_chunk", none_ok=True)
+        self.eval_user_chunk = check.positive_int("eval_user_chunk", none_ok=True)
+        max_neighbors = check.positive_int("max_neighbors", none_ok=True)
+        window = check.one_of("neighbor_window", WINDOWS)
+        dropout_probs = check.list_of(
+            "dropout_probs",
+            len(DROPOUT_SLOTS),
+            lambda p: is_number(p) and 0 <= p < 1,
+            f"it must be {len(DROPOUT_SLOTS)} probabilities in [0, 1) for the slots {list(DROPOUT_SLOTS)} "
+            f"(official with --use_dropout: [0,0,0,0.5,0.5,0,0,0,0])",
+            default=[0.0] * len(DROPOUT_SLOTS),
+        )
+        reg_weights = check.list_of(
+            "reg_weights",
+            len(REG_SLOTS),
+            lambda w: is_number(w) and w >= 0,
+            f"it must be {len(REG_SLOTS)} non-negative L2 weights for {list(REG_SLOTS)} "
+            f"(official with --use_regularizer: [0.001, 0.001, 0.001, 0.001, 0.001])",
+            default=[0.0] * len(REG_SLOTS),
+        )
         self.dropout_probs = [float(p) for p in dropout_probs]
         self.reg_weights = [float(w) for w in reg_weights]
 
@@ -140,39 +149,6 @@ class ARERec(SequentialRecommender):
         self._reset_parameters()
 
     # ------------------------------------------------------------------------------------ setup
-    def _check_config(self, config, window, dropout_probs, reg_weights):
-        if config["loss_type"] != "BPR":
-            raise TimeplugError(
-                f"ARERec trains with `loss_type: BPR` (uniform negatives scored at the same query time); got "
-                f"{config['loss_type']!r}. Full-softmax CE would need neighbour look-ups for every item per sample."
-            )
-        neg = config["train_neg_sample_args"]
-        if not neg or neg.get("distribution") in (None, "none") or not neg.get("sample_num"):
-            raise TimeplugError(
-                "ARERec needs negatives: set `train_neg_sample_args: {distribution: uniform, sample_num: 1}`."
-            )
-        if window not in WINDOWS:
-            raise TimeplugError(f"ARERec: `neighbor_window` must be one of {WINDOWS}; got {window!r}.")
-        if self.time_ref not in TIME_REFS:
-            raise TimeplugError(f"ARERec: `time_ref` must be one of {TIME_REFS}; got {self.time_ref!r}.")
-        for key in ("embedding_size", "region_size", "n_heads"):
-            if isinstance(config[key], bool) or not isinstance(config[key], int) or config[key] < 1:
-                raise TimeplugError(f"ARERec: `{key}` must be a positive integer; got {config[key]!r}.")
-        if self.use_attention and self.embedding_size % self.n_heads:
-            raise TimeplugError(
-                f"ARERec: `embedding_size` ({self.embedding_size}) must be divisible by `n_heads` ({self.n_heads})."
-            )
-        if len(dropout_probs) != len(DROPOUT_SLOTS) or not all(0 <= float(p) < 1 for p in dropout_probs):
-            raise TimeplugError(
-                f"ARERec: `dropout_probs` must be {len(DROPOUT_SLOTS)} probabilities in [0, 1) for the slots "
-                f"{list(DROPOUT_SLOTS)}; got {dropout_probs!r}. Official with --use_dropout: [0,0,0,0.5,0.5,0,0,0,0]."
-            )
-        if len(reg_weights) != len(REG_SLOTS) or not all(float(w) >= 0 for w in reg_weights):
-            raise TimeplugError(
-                f"ARERec: `reg_weights` must be {len(REG_SLOTS)} non-negative L2 weights for {list(REG_SLOTS)}; "
-                f"got {reg_weights!r}. Official with --use_regularizer: [0.001, 0.001, 0.001, 0.001, 0.001]."
-            )
-
     def _reset_parameters(self):
         # Keras defaults of the official code: Embedding U(-0.05, 0.05), LCUs N(0, 0.01^2),
         # Dense glorot-uniform kernels and zero biases.

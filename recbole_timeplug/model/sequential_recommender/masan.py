@@ -43,9 +43,11 @@ from recbole_timeplug.layers.sparse_attention import (
     AdaptiveLightMultiHeadAttention,
     Normaliser,
 )
+from recbole_timeplug.validation import ConfigChecks
 
 ALPHA_MODES = ("adaptive", "fixed", "softmax")
 POS_INDEX_MODES = ("absolute", "padded")
+ALPHA_POOLS = ("last", "mean")
 
 
 class MASANTransformerLayer(nn.Module):
@@ -84,33 +86,49 @@ class MASAN(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.n_layers = config["n_layers"]
-        self.n_heads = config["n_heads"]
-        self.k_interests = config["k_interests"]
-        self.hidden_size = config["hidden_size"]
-        self.inner_size = config["inner_size"]
-        self.hidden_dropout_prob = config["hidden_dropout_prob"]
-        self.attn_dropout_prob = config["attn_dropout_prob"]
+        check = ConfigChecks("MASAN", config)
+        self.n_layers = check.positive_int("n_layers")
+        self.n_heads = check.positive_int("n_heads")
+        self.k_interests = check.positive_int("k_interests")
+        self.hidden_size = check.positive_int("hidden_size")
+        check.divides("hidden_size", "n_heads", self.hidden_size, self.n_heads)
+        self.inner_size = check.positive_int("inner_size")
+        self.hidden_dropout_prob = check.probability("hidden_dropout_prob")
+        self.attn_dropout_prob = check.probability("attn_dropout_prob")
         self.hidden_act = config["hidden_act"]
-        self.layer_norm_eps = config["layer_norm_eps"]
+        self.layer_norm_eps = check.number("layer_norm_eps", low=0)
         self.initializer_range = config["initializer_range"]
-        self.loss_type = config["loss_type"]
+        self.loss_type = check.loss_type(("CE", "BPR"))
 
-        self.alpha_mode = config["alpha_mode"]
+        self.alpha_mode = check.one_of("alpha_mode", ALPHA_MODES)
+        self.alpha_min = check.number(
+            "alpha_min", "e.g. 1.0001; alpha = 1 makes entmax uniform", low=1.0, high=2.0, high_open=True
+        )
         self.entmax_alpha = config["entmax_alpha"]
-        self.alpha_min = config["alpha_min"]
-        self.alpha_pool = config["alpha_pool"]
-        self.entmax_impl = config["entmax_impl"]
-        self.entmax_n_iter = config["entmax_n_iter"]
-        self.entmax_newton_iter = config["entmax_newton_iter"]
-        self.entmax_dim = config["entmax_dim"]
-        self.entmax_on_aggregation = bool(config["entmax_on_aggregation"])
-        self.entmax_on_position = bool(config["entmax_on_position"])
-        self.mask_padding = bool(config["mask_padding"])
-        self.pos_index_mode = config["pos_index_mode"]
-        self.extra_position_row = bool(config["extra_position_row"])
-        self.use_user_pref = bool(config["use_user_pref"])
-        self._check_config()
+        if self.alpha_mode == "fixed":
+            self.entmax_alpha = check.number(
+                "entmax_alpha", "for softmax use alpha_mode: softmax", low=1.0, high=2.0
+            )
+        self.alpha_pool = check.one_of("alpha_pool", ALPHA_POOLS, "last real item or mean of real items")
+        self.entmax_impl = check.one_of("entmax_impl", ENTMAX_IMPLS)
+        if self.entmax_impl == "sort" and not (self.alpha_mode == "fixed" and self.entmax_alpha in (1.5, 2.0)):
+            raise check.error(
+                "entmax_impl", "sort", "the exact sort path needs alpha_mode: fixed with entmax_alpha 1.5 or 2; "
+                "use entmax_impl: newton for adaptive alpha"
+            )
+        self.entmax_n_iter = check.positive_int("entmax_n_iter")
+        self.entmax_newton_iter = check.positive_int("entmax_newton_iter")
+        self.entmax_dim = check.one_of("entmax_dim", (-2, -1), "-2: over the sequence axis (LightSANs); -1: over interests")
+        self.entmax_on_aggregation = check.boolean("entmax_on_aggregation")
+        self.entmax_on_position = check.boolean("entmax_on_position")
+        self.mask_padding = check.boolean("mask_padding")
+        self.pos_index_mode = check.one_of("pos_index_mode", POS_INDEX_MODES)
+        self.extra_position_row = check.boolean("extra_position_row")
+        if self.pos_index_mode == "padded" and not self.extra_position_row:
+            raise check.error(
+                "extra_position_row", False, "pos_index_mode 'padded' needs the (L+1)-row table: set it True"
+            )
+        self.use_user_pref = check.boolean("use_user_pref")
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
         # MASAN's logs print Embedding(L + 1, d); LightSANs has L rows
@@ -145,48 +163,9 @@ class MASAN(SequentialRecommender):
             self.user_embedding = nn.Embedding(self.n_users, self.hidden_size)
             self.user_gate = nn.Linear(2 * self.hidden_size, self.hidden_size)
 
-        if self.loss_type == "BPR":
-            self.loss_fct = BPRLoss()
-        elif self.loss_type == "CE":
-            self.loss_fct = nn.CrossEntropyLoss()
-        else:
-            raise ValueError(f"loss_type must be 'CE' or 'BPR' for MASAN, got {self.loss_type!r}.")
+        self.loss_fct = BPRLoss() if self.loss_type == "BPR" else nn.CrossEntropyLoss()
 
         self.apply(self._init_weights)  # Theta_K / Theta_V stay std-1 (raw Parameters), as in LightSANs
-
-    def _check_config(self):
-        def bad(key, value, what):
-            raise ValueError(f"MASAN: `{key}` is {value!r}; {what}")
-
-        if self.alpha_mode not in ALPHA_MODES:
-            bad("alpha_mode", self.alpha_mode, f"use one of {ALPHA_MODES}.")
-        if self.alpha_pool not in ("last", "mean"):
-            bad("alpha_pool", self.alpha_pool, "use 'last' (last real item) or 'mean' (mean of real items).")
-        if self.entmax_impl not in ENTMAX_IMPLS:
-            bad("entmax_impl", self.entmax_impl, f"use one of {ENTMAX_IMPLS}.")
-        if self.entmax_dim not in (-1, -2):
-            bad("entmax_dim", self.entmax_dim, "use -2 (over the sequence axis, LightSANs) or -1 (over interests).")
-        if self.pos_index_mode not in POS_INDEX_MODES:
-            bad("pos_index_mode", self.pos_index_mode, f"use one of {POS_INDEX_MODES}.")
-        if self.pos_index_mode == "padded" and not self.extra_position_row:
-            bad("extra_position_row", False, "pos_index_mode 'padded' needs the (L+1)-row table: set it True.")
-        if not (isinstance(self.alpha_min, (int, float)) and 1.0 < float(self.alpha_min) < 2.0):
-            bad("alpha_min", self.alpha_min, "it must lie in (1, 2), e.g. 1.0001 (alpha = 1 makes entmax uniform).")
-        if self.alpha_mode == "fixed":
-            alpha = self.entmax_alpha
-            if not isinstance(alpha, (int, float)) or not 1.0 < float(alpha) <= 2.0:
-                bad("entmax_alpha", alpha, "it must lie in (1, 2]; for softmax use alpha_mode: softmax.")
-        if self.entmax_impl == "sort" and not (
-            self.alpha_mode == "fixed" and float(self.entmax_alpha) in (1.5, 2.0)
-        ):
-            bad("entmax_impl", "sort", "the exact sort path needs alpha_mode: fixed with entmax_alpha 1.5 or 2; "
-                "use entmax_impl: newton for adaptive alpha.")
-        for key in ("entmax_n_iter", "entmax_newton_iter", "k_interests", "n_layers", "n_heads"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                bad(key, value, "it must be a positive integer.")
-        if self.hidden_size % self.n_heads:
-            bad("n_heads", self.n_heads, f"hidden_size {self.hidden_size} must be a multiple of it.")
 
     def _init_weights(self, module):
         """N(0, initializer_range) for Linear/Embedding weights, zero biases, LayerNorm (1, 0) - LightSANs'."""

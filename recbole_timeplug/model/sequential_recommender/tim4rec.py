@@ -40,7 +40,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
-from recbole_timeplug.errors import TimeplugError
+from recbole_timeplug.errors import MissingFieldError, ModelConfigError
 from recbole_timeplug.layers.ssd import (
     SSD_BACKENDS,
     CausalDepthwiseConv1d,
@@ -50,13 +50,13 @@ from recbole_timeplug.layers.ssd import (
     resolve_ssd_backend,
     ssd_scan,
 )
+from recbole_timeplug.validation import ConfigChecks
 
 ACTIVATIONS = {"hardswish": nn.Hardswish, "silu": nn.SiLU}
 FFN_NORM_EPS = 1e-12  # the official FFN LayerNorm does not receive norm_eps
 
 
-class TiM4RecConfigError(TimeplugError, ValueError):
-    """A TiM4Rec hyperparameter is missing or invalid."""
+TiM4RecConfigError = ModelConfigError  # the name before the shared ModelConfigError; kept importable
 
 
 def masked_layer_norm(x, norm, mask):
@@ -206,35 +206,6 @@ class TiM4RecLayer(nn.Module):
         return hidden, T_next
 
 
-def _get(config, key, kind, check=None, hint=""):
-    value = config[key]
-    if value is None:
-        raise TiM4RecConfigError(
-            f"TiM4Rec needs `{key}` ({kind}); it is missing from the config. The defaults live in "
-            f"recbole_timeplug/properties/model/TiM4Rec.yaml."
-        )
-    try:
-        if kind == "bool":
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false"):
-                    raise ValueError
-                value = value.lower() == "true"
-            value = bool(value)
-        elif kind == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            value = int(value)
-        elif kind == "float":
-            value = float(value)
-        elif kind == "str":
-            value = str(value).lower()
-    except (TypeError, ValueError):
-        raise TiM4RecConfigError(f"TiM4Rec: `{key}`={value!r} is not a valid {kind}.{hint}") from None
-    if check is not None and not check(value):
-        raise TiM4RecConfigError(f"TiM4Rec: `{key}`={value!r} is invalid: {hint}")
-    return value
-
-
 class TiM4Rec(SequentialRecommender):
     """TiM4Rec (time-aware SSD) as a RecBole sequential recommender; see the module docstring."""
 
@@ -242,41 +213,28 @@ class TiM4Rec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        positive = (lambda v: v > 0, "must be > 0")
-        prob = (lambda v: 0.0 <= v < 1.0, "must be in [0, 1)")
-        self.hidden_size = _get(config, "hidden_size", "int", positive[0], positive[1])
-        self.num_layers = _get(config, "num_layers", "int", positive[0], positive[1])
-        self.dropout_prob = _get(config, "dropout_prob", "float", prob[0], prob[1])
-        self.time_drop_out = _get(config, "time_drop_out", "float", prob[0], prob[1])
-        self.d_state = _get(config, "d_state", "int", positive[0], positive[1])
-        self.d_conv = _get(config, "d_conv", "int", positive[0], positive[1])
-        self.expand = _get(config, "expand", "int", positive[0], positive[1])
-        self.head_dim = _get(config, "head_dim", "int", positive[0], positive[1])
-        self.chunk_size = _get(config, "chunk_size", "int", positive[0], positive[1])
-        self.norm_eps = _get(config, "norm_eps", "float", lambda v: v > 0, "must be > 0 (official: 1e-12..1e-5)")
-        self.is_time = _get(config, "is_time", "bool")
-        self.is_ffn = _get(config, "is_ffn", "bool")
-        self.p2p_residual = _get(config, "p2p_residual", "bool")
-        self.is_kai_ming_init = _get(config, "is_kai_ming_init", "bool")
-        self.time_mask_padding = _get(config, "time_mask_padding", "bool")
-        self.conv_activation = _get(
-            config, "conv_activation", "str", lambda v: v in ACTIVATIONS, f"use one of {sorted(ACTIVATIONS)}"
-        )
-        self.ssd_backend = _get(
-            config, "ssd_backend", "str", lambda v: v in SSD_BACKENDS, f"use one of {', '.join(SSD_BACKENDS)}"
-        )
-        loss_type = config["loss_type"]
-        if loss_type is not None and str(loss_type).upper() != "CE":
-            raise TiM4RecConfigError(
-                f"TiM4Rec trains with full-softmax cross-entropy only (as the official code); "
-                f"`loss_type`={loss_type!r} is not supported. Set loss_type: CE."
-            )
+        check = ConfigChecks("TiM4Rec", config)
+        self.hidden_size = check.positive_int("hidden_size")
+        self.num_layers = check.positive_int("num_layers")
+        self.dropout_prob = check.probability("dropout_prob")
+        self.time_drop_out = check.probability("time_drop_out")
+        self.d_state = check.positive_int("d_state")
+        self.d_conv = check.positive_int("d_conv")
+        self.expand = check.positive_int("expand")
+        self.head_dim = check.positive_int("head_dim", "official: H = expand*hidden_size/head_dim = 4")
+        self.chunk_size = check.positive_int("chunk_size")
+        self.norm_eps = check.number("norm_eps", "official: 1e-12..1e-5", low=0)
+        self.is_time = check.boolean("is_time")
+        self.is_ffn = check.boolean("is_ffn")
+        self.p2p_residual = check.boolean("p2p_residual")
+        self.is_kai_ming_init = check.boolean("is_kai_ming_init")
+        self.time_mask_padding = check.boolean("time_mask_padding")
+        self.conv_activation = check.one_of("conv_activation", sorted(ACTIVATIONS), normalise=str.lower)
+        self.ssd_backend = check.one_of("ssd_backend", SSD_BACKENDS, normalise=str.lower)
+        # full-softmax cross-entropy only, as the official code
+        check.loss_type(("CE",), default="CE")
         d_inner = self.expand * self.hidden_size
-        if d_inner % self.head_dim:
-            raise TiM4RecConfigError(
-                f"TiM4Rec: expand * hidden_size = {d_inner} is not divisible by `head_dim`={self.head_dim}; "
-                f"pick head_dim dividing {d_inner} (official: H = expand*hidden_size/head_dim = 4)."
-            )
+        check.divides("expand * hidden_size", "head_dim", d_inner, self.head_dim)
         self.nheads = d_inner // self.head_dim
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
 
@@ -349,7 +307,7 @@ class TiM4Rec(SequentialRecommender):
     def encode(self, item_seq, item_seq_len, time_seq=None):
         """Hidden states at every position (B, L, d)."""
         if item_seq.shape[1] != self.max_seq_length:
-            raise TiM4RecConfigError(
+            raise ModelConfigError(
                 f"TiM4Rec: got sequences of length {item_seq.shape[1]}, but the time branch is built for "
                 f"MAX_ITEM_LIST_LENGTH={self.max_seq_length} (its LayerNorm/Linear act over the sequence axis)."
             )
@@ -357,7 +315,7 @@ class TiM4Rec(SequentialRecommender):
         T = valid = None
         if self.is_time:
             if time_seq is None:
-                raise TiM4RecConfigError(f"TiM4Rec with is_time: True needs the `{self.TIME_SEQ}` field.")
+                raise MissingFieldError(f"TiM4Rec with is_time: True needs the `{self.TIME_SEQ}` field.")
             if self.time_mask_padding:
                 positions = torch.arange(item_seq.shape[1], device=item_seq.device)
                 valid = (positions[None, :] < item_seq_len[:, None]).unsqueeze(1)  # (B, 1, L)

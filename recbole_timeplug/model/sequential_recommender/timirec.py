@@ -34,7 +34,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 
 from recbole_timeplug.checkpoint import TRUST_KEY, load_checkpoint
-from recbole_timeplug.errors import CheckpointError, TimeplugError
+from recbole_timeplug.errors import CheckpointError, ModelConfigError
 from recbole_timeplug.layers.interest import (
     InterestPredictor,
     MultiInterestExtractor,
@@ -46,6 +46,7 @@ from recbole_timeplug.layers.interest import (
     select_target_interest,
     target_interest_logits,
 )
+from recbole_timeplug.validation import ConfigChecks
 
 STAGES = ("pretrain", "finetune", "both")
 EXTRACTOR_PREFIX = "interest_extractor."
@@ -53,8 +54,7 @@ EXTRACTOR_PREFIX = "interest_extractor."
 EXTRACTOR_SHAPE_KEYS = ("embedding_size", "attn_size", "n_interests", "add_pos", "add_trm", "MAX_ITEM_LIST_LENGTH")
 
 
-class TiMiRecConfigError(TimeplugError, ValueError):
-    """A TiMiRec config value is invalid."""
+TiMiRecConfigError = ModelConfigError  # the name before the shared ModelConfigError; kept importable
 
 
 def phase_of_state_dict(state_dict):
@@ -76,20 +76,19 @@ class TiMiRec(SequentialRecommender):
 
     def __init__(self, config, dataset, stage=None):
         super().__init__(config, dataset)
-        self.stage = _choice(config, "stage", STAGES, default="both")
+        check = ConfigChecks("TiMiRec", config)
+        self.stage = check.one_of("stage", STAGES, default="both")
         phase = stage or ("pretrain" if self.stage == "pretrain" else "finetune")
         if phase not in ("pretrain", "finetune"):
-            raise TiMiRecConfigError(f"TiMiRec(stage=...) must be 'pretrain' or 'finetune', got {stage!r}.")
+            raise ValueError(f"TiMiRec(stage=...) must be 'pretrain' or 'finetune', got {stage!r}.")
         self.phase = phase
         self.dataset_name = str(config["dataset"])
-        self.embedding_size = _positive_int(config, "embedding_size")
-        self.attn_size = _positive_int(config, "attn_size")
-        self.n_interests = _positive_int(config, "n_interests")
-        self.temperature = float(config["temperature"])
-        if not self.temperature > 0:
-            raise TiMiRecConfigError(f"`temperature` must be > 0 (got {config['temperature']!r}).")
-        self.proj_layers = _positive_int(config, "proj_layers")
-        self.loss_type = _choice(config, "loss_type", ("BPR", "CE"))
+        self.embedding_size = check.positive_int("embedding_size")
+        self.attn_size = check.positive_int("attn_size")
+        self.n_interests = check.positive_int("n_interests")
+        self.temperature = check.number("temperature", "the distillation temperature T", low=0)
+        self.proj_layers = check.positive_int("proj_layers")
+        self.loss_type = check.loss_type(("BPR", "CE"))
         self.freeze_extractor = bool(config["freeze_extractor"])
 
         self.interest_extractor = MultiInterestExtractor(
@@ -111,9 +110,11 @@ class TiMiRec(SequentialRecommender):
         if stage is None and self.stage == "finetune":
             self._init_from_pretrained(config)
         elif self.stage == "both" and config["pretrained_path"]:
-            raise TiMiRecConfigError(
-                f"`pretrained_path` ({config['pretrained_path']!r}) is set but `stage` is 'both', which pretrains "
-                f"its own extractor. Use --stage=finetune to start from that file, or drop pretrained_path."
+            raise check.error(
+                "pretrained_path",
+                config["pretrained_path"],
+                "`stage: both` pretrains its own extractor: use --stage=finetune to start from that file, "
+                "or drop pretrained_path",
             )
         if self.phase == "finetune" and self.freeze_extractor:
             self.interest_extractor.requires_grad_(False)
@@ -266,19 +267,3 @@ class TiMiRec(SequentialRecommender):
         if self.phase == "pretrain":
             return max_interest_scores(interests, items)  # never builds the B x K x N tensor
         return torch.matmul(self._user_vector(interests, logits), items.t())
-
-
-def _choice(config, key, allowed, default=None):
-    value = config[key]
-    if value is None:
-        value = default
-    if value not in allowed:
-        raise TiMiRecConfigError(f"`{key}` must be one of {', '.join(allowed)} (got {value!r}).")
-    return value
-
-
-def _positive_int(config, key):
-    value = config[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TiMiRecConfigError(f"`{key}` must be a positive integer (got {value!r}); see TiMiRec.yaml.")
-    return value

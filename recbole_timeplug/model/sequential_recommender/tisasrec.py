@@ -62,14 +62,11 @@ from recbole_timeplug.layers.time_interval import (
     pair_embeddings,
     user_min_gap_table,
 )
+from recbole_timeplug.validation import ConfigChecks
 
 LOSS_TYPES = ("CE", "BPR", "BCE")
 INTERVAL_DROPOUTS = ("bucket", "pair")
 INITIALIZERS = ("xavier_uniform", "normal")
-
-
-def _config_error(key, value, what):
-    return ValueError(f"TiSASRec: config key `{key}` is {value!r}; {what}")
 
 
 class TimeIntervalAttention(nn.Module):
@@ -136,20 +133,23 @@ class TiSASRec(SequentialRecommender):
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
-        self.hidden_size = config["hidden_size"]
-        self.n_layers = config["n_layers"]
-        self.n_heads = config["n_heads"]
-        self.dropout_prob = config["dropout_prob"]
-        self.time_span = config["time_span"]
-        self.time_scale = config["time_scale"]
+        check = ConfigChecks("TiSASRec", config)
+        self.hidden_size = check.positive_int("hidden_size")
+        self.n_layers = check.positive_int("n_layers")
+        self.n_heads = check.positive_int("n_heads")
+        check.divides("hidden_size", "n_heads", self.hidden_size, self.n_heads)
+        self.dropout_prob = check.probability("dropout_prob")
+        self.time_span = check.positive_int("time_span", "the largest interval bucket k; paper: 256")
+        self.time_scale = check.one_of("time_scale", TIME_SCALES)
         self.time_unit = config["time_unit"]
-        self.interval_dropout = config["interval_dropout"]
-        self.layer_norm_eps = config["layer_norm_eps"]
-        self.initializer = config["initializer"]
+        if self.time_scale == "none":
+            self.time_unit = check.number("time_unit", "with time_scale: none, the divisor, e.g. 86400 for days", low=0)
+        self.interval_dropout = check.one_of("interval_dropout", INTERVAL_DROPOUTS)
+        self.layer_norm_eps = check.number("layer_norm_eps", low=0)
+        self.initializer = check.one_of("initializer", INITIALIZERS)
         self.initializer_range = config["initializer_range"]
-        self.loss_type = config["loss_type"]
+        self.loss_type = check.loss_type(LOSS_TYPES)
         self.l2_emb = config["l2_emb"] or 0.0
-        self._check_config(config)
 
         self.TIME_FIELD = config["TIME_FIELD"]
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
@@ -177,45 +177,6 @@ class TiSASRec(SequentialRecommender):
             self.item_embedding.weight[0].zero_()  # PAD row is zero (official zero_pad)
 
     # ------------------------------------------------------------------------------ setup
-    def _check_config(self, config):
-        d, h = self.hidden_size, self.n_heads
-        if not isinstance(d, int) or d <= 0:
-            raise _config_error("hidden_size", d, "set a positive integer.")
-        if not isinstance(h, int) or h <= 0 or d % h:
-            raise _config_error("n_heads", h, f"set a positive divisor of hidden_size ({d}).")
-        if not isinstance(self.n_layers, int) or self.n_layers < 1:
-            raise _config_error("n_layers", self.n_layers, "set a positive integer.")
-        if not isinstance(self.time_span, int) or self.time_span < 1:
-            raise _config_error(
-                "time_span", self.time_span, "set the largest interval bucket k, an integer >= 1 (paper: 256)."
-            )
-        if self.time_scale not in TIME_SCALES:
-            raise _config_error("time_scale", self.time_scale, f"choose one of {', '.join(TIME_SCALES)}.")
-        if self.time_scale == "none" and not (isinstance(self.time_unit, (int, float)) and self.time_unit > 0):
-            raise _config_error(
-                "time_unit", self.time_unit, "with time_scale: none set a positive divisor (e.g. 86400 for days)."
-            )
-        if not isinstance(self.dropout_prob, (int, float)) or not 0 <= self.dropout_prob < 1:
-            raise _config_error("dropout_prob", self.dropout_prob, "set a rate in [0, 1).")
-        if self.interval_dropout not in INTERVAL_DROPOUTS:
-            raise _config_error(
-                "interval_dropout", self.interval_dropout, f"choose one of {', '.join(INTERVAL_DROPOUTS)}."
-            )
-        if self.initializer not in INITIALIZERS:
-            raise _config_error("initializer", self.initializer, f"choose one of {', '.join(INITIALIZERS)}.")
-        if self.loss_type not in LOSS_TYPES:
-            raise _config_error("loss_type", self.loss_type, f"choose one of {', '.join(LOSS_TYPES)}.")
-        sampling = (config["train_neg_sample_args"] or {}).get("distribution", "none") != "none"
-        if self.loss_type == "CE" and sampling:
-            raise _config_error(
-                "train_neg_sample_args", config["train_neg_sample_args"], "loss_type CE uses no negatives: set it to ~."
-            )
-        if self.loss_type != "CE" and not sampling:
-            raise _config_error(
-                "train_neg_sample_args", config["train_neg_sample_args"],
-                f"loss_type {self.loss_type} needs one negative: set {{distribution: uniform, sample_num: 1}}.",
-            )
-
     def _train_user_min_gap(self, dataset):
         inter = dataset.inter_feat
         last = self.gather_indexes(inter[self.TIME_SEQ].unsqueeze(-1), inter[self.ITEM_SEQ_LEN] - 1).squeeze(-1)

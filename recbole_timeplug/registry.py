@@ -3,6 +3,7 @@
 Adding a model means: a file ``model/sequential_recommender/<name>.py`` defining class ``<Name>``,
 a YAML of defaults ``properties/model/<Name>.yaml``, and one line in ``PLUGIN_MODELS`` below.
 A model that needs its own trainer defines ``<Name>Trainer`` in ``recbole_timeplug.trainer``.
+A model living outside the package calls :func:`register_model` (with its YAML, and its trainer if any).
 """
 
 import importlib
@@ -23,8 +24,9 @@ PLUGIN_MODELS = {
     "ARERec": "recbole_timeplug.model.sequential_recommender.arerec:ARERec",
 }
 
-# name -> YAML of defaults for models registered from outside the package (tests, user code).
+# name -> YAML of defaults / trainer ("module:Class" or class) for models registered from outside the package.
 _EXTRA_MODEL_YAMLS = {}
+_EXTRA_TRAINERS = {}
 
 _RECBOLE_SUBMODULES = (
     "general_recommender",
@@ -35,7 +37,7 @@ _RECBOLE_SUBMODULES = (
 )
 
 
-def register_model(name, target, config_file=None):
+def register_model(name, target, config_file=None, trainer=None):
     """Register a model class under ``name``.
 
     Args:
@@ -43,12 +45,18 @@ def register_model(name, target, config_file=None):
         target (str | type): ``"package.module:Class"`` (imported lazily) or the class itself.
         config_file (str, optional): YAML of defaults for models that live outside this package;
             models inside the package use ``properties/model/<name>.yaml``.
+        trainer (str | type, optional): the model's own trainer (``"module:Class"`` or the class), for
+            models outside the package; it should subclass ``recbole_timeplug.trainer.Trainer`` so that
+            its checkpoints are safe and exact.  Default: ``<name>Trainer`` in ``recbole_timeplug.trainer``
+            if there is one, else RecBole's.
     """
     if not isinstance(target, str):
         target = f"{target.__module__}:{target.__qualname__}"
     PLUGIN_MODELS[name] = target
     if config_file is not None:
         _EXTRA_MODEL_YAMLS[name] = os.path.abspath(config_file)
+    if trainer is not None:
+        _EXTRA_TRAINERS[name] = trainer
 
 
 def model_config_files(name, dataset):
@@ -138,13 +146,19 @@ def get_model(model_name):
 
 
 def get_trainer(model_type, model_name):
-    """The trainer class: ``<Model>Trainer`` from this package, else RecBole's, made checkpoint-safe.
+    """The trainer class: the one given to :func:`register_model`, else ``<Model>Trainer`` from this
+    package, else RecBole's, made checkpoint-safe.
 
     Every trainer returned has this package's safe, exact checkpoints (``trainer.CheckpointMixin``),
     RecBole's built-in trainers included.
     """
     from recbole_timeplug import trainer as plugin_trainer
 
+    own = _EXTRA_TRAINERS.get(model_name)
+    if isinstance(own, str):
+        own = _import_target(own)
+    if own is not None:
+        return plugin_trainer.safe_trainer(own)
     own = getattr(plugin_trainer, f"{model_name}Trainer", None)
     if own is not None:
         return own

@@ -25,7 +25,7 @@ def _overrides(extra, parser):
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)} (fixed settings are written --key=value)")
     raw = dict(a[2:].split("=") for a in extra)
-    return Config.__new__(Config)._convert_config_dict(raw)
+    return Config.convert_values(raw)
 
 
 def main(argv=None):

@@ -47,16 +47,32 @@ class Config(RecBoleConfig):
         super().__init__(model, dataset, config_file_list, config_dict)
 
     @classmethod
+    def _bare(cls):
+        """An instance with nothing loaded, for the readers below (RecBole's loaders read no state)."""
+        bare = cls.__new__(cls)
+        bare._base_config_dict = {}
+        return bare
+
+    @classmethod
     def external_only(cls, config_file_list=None, config_dict=None):
         """The merged external settings (files < dict < command line) without building a full Config."""
-        peek = cls.__new__(cls)
-        peek._base_config_dict = {}
+        peek = cls._bare()
         peek.yaml_loader = peek._build_yaml_loader()
         peek.file_config_dict = peek._load_config_files(config_file_list)
         peek.variable_config_dict = peek._load_variable_config_dict(dict(config_dict or {}))
         peek.cmd_config_dict = peek._load_cmd_line()
         peek._merge_external_config_dict()
         return peek.external_config_dict
+
+    @classmethod
+    def command_line_settings(cls):
+        """The ``--key=value`` settings in ``sys.argv``, converted as RecBole's Config converts them."""
+        return cls._bare()._load_cmd_line()
+
+    @classmethod
+    def convert_values(cls, raw):
+        """``{key: "text"}`` -> ``{key: value}`` as RecBole converts command-line values ("1e-3" -> 0.001)."""
+        return cls._bare()._convert_config_dict(dict(raw))
 
     def _merge_external_config_dict(self):
         super()._merge_external_config_dict()

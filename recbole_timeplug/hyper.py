@@ -29,7 +29,9 @@ import os
 import sys
 
 from recbole_timeplug import _compat
+from recbole_timeplug.config import Config
 from recbole_timeplug.errors import TimeplugError
+from recbole_timeplug.utils import plain_metrics
 
 PARAM_TYPES = ("choice", "uniform", "quniform", "loguniform")
 _PATH_KEYS = ("checkpoint_path", "pre_model_path")
@@ -179,20 +181,8 @@ def _plain(value):
     return value
 
 
-def _metrics(result):
-    return {} if result is None else {str(k): float(v) for k, v in dict(result).items()}
-
-
-def _cmd_line_overrides():
-    """The ``--key=value`` settings RecBole's Config reads from ``sys.argv`` (converted as RecBole does)."""
-    from recbole_timeplug.config import Config
-
-    peek = Config.__new__(Config)
-    return peek._load_cmd_line()
-
-
 def _check_no_cmd_line_conflict(params, params_file):
-    clash = sorted(set(params) & set(_cmd_line_overrides()))
+    clash = sorted(set(params) & set(Config.command_line_settings()))
     if clash:
         raise ParamsFileError(
             f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} searched in {params_file} but also set on "
@@ -202,8 +192,6 @@ def _check_no_cmd_line_conflict(params, params_file):
 
 def _fixed_config(config_file_list, config_dict):
     """A Config of the fixed settings (model, dataset, valid metric ...), or the error building it."""
-    from recbole_timeplug.config import Config
-
     return Config(config_file_list=config_file_list, config_dict=dict(config_dict or {}))
 
 
@@ -211,8 +199,8 @@ def _trial_record(params, result):
     return {
         "params": {k: _plain(v) for k, v in params.items()},
         "best_valid_score": None if result.get("best_valid_score") is None else float(result["best_valid_score"]),
-        "best_valid_result": _metrics(result.get("best_valid_result")),
-        "test_result": _metrics(result.get("test_result")),
+        "best_valid_result": plain_metrics(result.get("best_valid_result")) or {},
+        "test_result": plain_metrics(result.get("test_result")) or {},
     }
 
 
@@ -464,16 +452,14 @@ def _ray_trainable(config, config_file_list=None, fixed_config=None):
     finally:
         sys.argv = argv
     metrics = {"best_valid_score": float(result["best_valid_score"])}
-    metrics.update({f"valid_{k}": v for k, v in _metrics(result["best_valid_result"]).items()})
-    metrics.update({f"test_{k}": v for k, v in _metrics(result["test_result"]).items()})
+    metrics.update({f"valid_{k}": v for k, v in (plain_metrics(result["best_valid_result"]) or {}).items()})
+    metrics.update({f"test_{k}": v for k, v in (plain_metrics(result["test_result"]) or {}).items()})
     _ray_report(metrics)
     return None
 
 
 def _absolute_settings(config, config_file_list, config_dict):
     """Paths a Ray worker (another cwd) needs absolute: data_path and the checkpoint paths."""
-    from recbole_timeplug.config import Config
-
     external = Config.external_only(config_file_list, config_dict)
     data_path = external.get("data_path")
     if data_path is None:  # RecBole's default (dataset/), already joined with the dataset name
@@ -556,7 +542,7 @@ def ray_search(
     mode = "max" if info["valid_score_bigger"] else "min"
 
     fixed = dict(config_dict or {})
-    fixed.update(_cmd_line_overrides())
+    fixed.update(Config.command_line_settings())
     fixed.update(_absolute_settings(config, config_file_list, config_dict))
 
     started = not ray.is_initialized()

@@ -39,8 +39,6 @@ import tempfile
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
 
 
 def parse_args(argv=None):
@@ -78,7 +76,10 @@ def parse_args(argv=None):
             p.error(f"--{key} must be >= 1")
     if not a.lengths or min(a.lengths) < 2:
         p.error("--lengths must be integers >= 2")
-    from results import _parse_overrides
+    try:
+        from benchmarks.results import _parse_overrides  # imported as a package module (tests)
+    except ImportError:
+        from results import _parse_overrides  # run as a script: benchmarks/ is sys.path[0]
 
     a.global_set, a.model_set = _parse_overrides(p, a.overrides)
     return a
@@ -87,7 +88,10 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------ setup
 def build_dataset(args, device):
     """The synthetic dataset (written by synthetic.py) loaded once through RecBole."""
-    import synthetic
+    try:
+        from benchmarks import synthetic  # imported as a package module (tests)
+    except ImportError:
+        import synthetic  # run as a script: benchmarks/ is sys.path[0]
     from recbole.data import create_dataset
 
     from recbole_timeplug.config import Config

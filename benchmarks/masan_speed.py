@@ -24,7 +24,7 @@ from recbole.data.interaction import Interaction
 from recbole.model.sequential_recommender.lightsans import LightSANs
 from recbole_timeplug.config import Config
 from recbole_timeplug.model.sequential_recommender.masan import MASAN
-from recbole_timeplug.standalone import ItemCountDataset
+from recbole_timeplug.testing import ItemCountDataset
 
 
 VARIANTS = [

@@ -140,46 +140,33 @@ def config_files_for(model, baseline_dir, user_files):
 
 # ------------------------------------------------------------------------------------ one run
 class RunProbe:
-    """What the instrumented trainer records during one run."""
+    """Times every training epoch and validation pass of a run, per training stage.
+
+    Passed to ``run_recbole(epoch_listeners=[probe])``: every trainer of the run calls it after each
+    epoch / validation pass. Multi-stage models (TiMiRec) train their earlier stages with trainers of their
+    own, first; the trainer seen last is the run's final one.
+    """
 
     def __init__(self):
-        self.train_times, self.valid_times = [], []
-        self.params = None
-        self.config = None
-        self.trainer = None
+        self.stages = []  # one dict per trainer seen, in order
 
+    def __call__(self, trainer, kind, seconds):
+        if not self.stages or self.stages[-1]["trainer"] is not trainer:
+            params = int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
+            self.stages.append({"trainer": trainer, "params": params, "train": [], "valid": []})
+        self.stages[-1][kind].append(seconds)
 
-def _instrumented(trainer_cls, probe):
-    """A subclass of the run's trainer that times every training epoch and validation pass."""
-
-    def _sync(config):
-        import torch
-
-        if torch.cuda.is_available() and "cuda" in str(config["device"]):
-            torch.cuda.synchronize()
-
-    class Timed(trainer_cls):
-        def __init__(self, config, model):
-            super().__init__(config, model)
-            probe.trainer = self
-            probe.config = config
-            probe.params = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-        def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
-            start = time.perf_counter()
-            out = super()._train_epoch(train_data, epoch_idx, *args, **kwargs)
-            _sync(self.config)
-            probe.train_times.append(time.perf_counter() - start)
-            return out
-
-        def _valid_epoch(self, valid_data, *args, **kwargs):
-            start = time.perf_counter()
-            out = super()._valid_epoch(valid_data, *args, **kwargs)
-            probe.valid_times.append(time.perf_counter() - start)
-            return out
-
-    Timed.__name__ = Timed.__qualname__ = trainer_cls.__name__
-    return Timed
+    @staticmethod
+    def summary(stage):
+        """epochs, best epoch, mean seconds per epoch / validation pass and parameters of one stage."""
+        train, valid = stage["train"], stage["valid"]
+        return {
+            "params": stage["params"],
+            "epochs": len(train),
+            "best_epoch": stage["trainer"].best_epoch,
+            "s_per_epoch": sum(train) / len(train) if train else None,
+            "s_per_eval": sum(valid) / len(valid) if valid else None,
+        }
 
 
 def run_one(model, dataset, config_files, config_dict, label=None):
@@ -192,13 +179,13 @@ def run_one(model, dataset, config_files, config_dict, label=None):
     import recbole_timeplug.quick_start as qs
 
     probe = RunProbe()
-    original = qs.get_trainer
-    qs.get_trainer = lambda model_type, model_name: _instrumented(original(model_type, model_name), probe)
     record = {"model": label or model, "class": model, "seed": config_dict.get("seed"), "config_files": config_files,
               "config_dict": {k: v for k, v in config_dict.items() if k != "checkpoint_dir"}}
     start = time.perf_counter()
     try:
-        result = qs.run_recbole(model, dataset, config_file_list=config_files, config_dict=config_dict, saved=True)
+        result = qs.run_recbole(
+            model, dataset, config_file_list=config_files, config_dict=config_dict, saved=True, epoch_listeners=[probe]
+        )
         record.update(
             status="ok",
             test=result["test_result"],
@@ -211,17 +198,16 @@ def run_one(model, dataset, config_files, config_dict, label=None):
         traceback.print_exc()
         message = str(err).strip().splitlines()
         record.update(status="failed", error=f"{type(err).__name__}: {message[0] if message else ''}"[:300])
-    finally:
-        qs.get_trainer = original
+    final = probe.stages[-1] if probe.stages else None
+    empty = {"params": None, "epochs": 0, "best_epoch": None, "s_per_epoch": None, "s_per_eval": None}
     record.update(
         wall_s=time.perf_counter() - start,
-        params=probe.params,
-        epochs=len(probe.train_times),
-        best_epoch=getattr(probe.trainer, "best_epoch", None),
-        s_per_epoch=(sum(probe.train_times) / len(probe.train_times)) if probe.train_times else None,
-        s_per_eval=(sum(probe.valid_times) / len(probe.valid_times)) if probe.valid_times else None,
-        settings=_settings(probe.config, model, dataset, label) if probe.config is not None else None,
+        **(probe.summary(final) if final else empty),
+        settings=_settings(final["trainer"].config, model, dataset, label) if final else None,
     )
+    # earlier stages (TiMiRec's pretrain): their own epochs and timings beside their metrics
+    for numbers, stage in zip((record.get("stages") or {}).values(), probe.stages[:-1]):
+        numbers.update(probe.summary(stage))
     del probe
     gc.collect()
     if torch.cuda.is_available():
@@ -322,8 +308,8 @@ def _fmt_int(mean_std):
 def stage_records(record):
     """Rows for the earlier stages of a multi-stage run, e.g. ``TiMiRec · pretrain`` (= ComiRec+).
 
-    The probe times only the final stage's trainer, so these rows carry metrics and the best epoch, not
-    epochs or timings; ``write_markdown`` says so under the table.
+    The probe times every stage, so these rows carry the stage's own epochs and timings when it ran in this
+    process (``–`` otherwise, e.g. for records written before stages were timed).
     """
     rows = []
     for stage, numbers in (record.get("stages") or {}).items():
@@ -334,8 +320,9 @@ def stage_records(record):
                if k in record},
             "model": f"{record['model']} · {stage}", "stage_of": record["model"], "status": "ok",
             "test": numbers["test_result"], "valid": numbers.get("best_valid_result"),
-            "best_valid_score": numbers.get("best_valid_score"), "params": None, "epochs": None,
-            "best_epoch": numbers.get("best_epoch"), "s_per_epoch": None, "s_per_eval": None,
+            "best_valid_score": numbers.get("best_valid_score"), "params": numbers.get("params"),
+            "epochs": numbers.get("epochs"), "best_epoch": numbers.get("best_epoch"),
+            "s_per_epoch": numbers.get("s_per_epoch"), "s_per_eval": numbers.get("s_per_eval"),
         })
     return rows
 

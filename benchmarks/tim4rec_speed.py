@@ -47,7 +47,7 @@ def _yaml_defaults(path):
 
 def build(model_name, backend, length, hidden, n_items, device):
     import recbole_timeplug  # noqa: F401  (compat fixes: anomaly mode off, numpy aliases)
-    from recbole_timeplug.standalone import ItemCountDataset, standalone_config
+    from recbole_timeplug.testing import ItemCountDataset, standalone_config
 
     base = {"MAX_ITEM_LIST_LENGTH": length, "device": device}
     if model_name == "SASRec":

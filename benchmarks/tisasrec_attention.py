@@ -34,7 +34,7 @@ def _build(kind, length, args, device):
     from recbole.model.sequential_recommender.sasrec import SASRec
 
     from recbole_timeplug.model.sequential_recommender.tisasrec import TiSASRec
-    from recbole_timeplug.standalone import ItemCountDataset, standalone_config
+    from recbole_timeplug.testing import ItemCountDataset, standalone_config
 
     config = standalone_config(
         MAX_ITEM_LIST_LENGTH=length, device=device,

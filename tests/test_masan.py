@@ -24,16 +24,11 @@ from recbole_timeplug.layers.sparse_attention import (
     sequence_adaptive_alpha,
 )
 from recbole_timeplug.model.sequential_recommender.masan import MASAN
+from recbole_timeplug.testing import ItemCountDataset
 
 
-class _Data:
-    """The only thing a SequentialRecommender asks its dataset for: the number of ids of a field."""
-
-    def __init__(self, n_items, n_users=50):
-        self.n_items, self.n_users = n_items, n_users
-
-    def num(self, field):
-        return self.n_users if field == "user_id" else self.n_items
+def _Data(n_items, n_users=50):
+    return ItemCountDataset(n_items, n_users)
 
 
 TINY = {"hidden_size": 16, "inner_size": 32, "n_layers": 2, "n_heads": 2, "k_interests": 3, "MAX_ITEM_LIST_LENGTH": 8}
@@ -283,26 +278,19 @@ def test_bad_config_values_name_the_key(overrides, key):
         MASAN(_config(**overrides), _Data(40))
 
 
-def test_cli_trains_and_evaluates_on_ml100k(run_cli, tmp_path):
-    config = {
-        "model": "MASAN",
-        "dataset": "ml-100k",
-        "epochs": 1,
-        "hidden_size": 16,
-        "inner_size": 32,
-        "n_layers": 1,
-        "n_heads": 2,
-        "k_interests": 4,
-        "MAX_ITEM_LIST_LENGTH": 20,
-        "user_inter_num_interval": "[20,40]",  # the shorter histories of ml-100k keep this test fast
-        "train_batch_size": 2048,
-        "eval_batch_size": 4096,
-        "metrics": ["Hit", "NDCG", "MRR"],
-        "topk": [10],
-        "valid_metric": "NDCG@10",
-        "checkpoint_dir": str(tmp_path / "saved"),
-        "show_progress": False,
-    }
+def test_cli_trains_and_evaluates_on_ml100k(cli_config, run_cli, tmp_path):
+    config = cli_config(
+        "MASAN",
+        hidden_size=16,
+        inner_size=32,
+        n_layers=1,
+        n_heads=2,
+        k_interests=4,
+        MAX_ITEM_LIST_LENGTH=20,
+        user_inter_num_interval="[20,40]",  # the shorter histories of ml-100k keep this test fast
+        train_batch_size=2048,
+        eval_batch_size=4096,
+    )
     out = run_cli("run_recbole.py", *cli_args(config))
     text = out.stdout + out.stderr
     metrics = printed_metrics(text)

@@ -2,21 +2,14 @@
 benchmarks/efficiency.py (time/throughput/memory vs L), on generated data with tiny built-in models."""
 
 import json
-import os
 import re
 import statistics
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, write_inter
-
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-
-import efficiency  # noqa: E402
-import results  # noqa: E402
-import synthetic  # noqa: E402
+from benchmarks import efficiency, results, synthetic
+from conftest import write_inter
 
 TINY = ["--set", "hidden_size=16", "--set", "inner_size=32", "--set", "n_layers=1", "--set", "n_heads=1",
         "--set", "MAX_ITEM_LIST_LENGTH=10", "--set", "train_batch_size=256", "--set", "state=ERROR",

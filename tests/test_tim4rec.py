@@ -16,7 +16,7 @@ from conftest import cli_args, printed_metrics
 from recbole_timeplug.layers import ssd
 from recbole_timeplug.layers.ssd import SSDBackendError, softplus_dt, ssd_chunked, ssd_naive, ssd_scan
 from recbole_timeplug.model.sequential_recommender.tim4rec import TiM4Rec, TiM4RecConfigError, TiSSD
-from recbole_timeplug.standalone import ItemCountDataset, standalone_config
+from recbole_timeplug.testing import ItemCountDataset, standalone_config
 
 # ------------------------------------------------------------------------------------------- helpers
 
@@ -436,27 +436,19 @@ def test_triton_and_torch_backends_agree_on_gpu():
 # ------------------------------------------------------------------------------------- end to end
 
 
-def test_cli_trains_and_evaluates_on_ml100k(tmp_path, run_cli):
-    config = {
-        "model": "TiM4Rec",
-        "dataset": "ml-100k",
-        "epochs": 1,
-        "train_batch_size": 2048,
-        "eval_batch_size": 4096,
-        "hidden_size": 16,
-        "num_layers": 1,
-        "head_dim": 8,
-        "d_state": 8,
-        "chunk_size": 8,
-        "MAX_ITEM_LIST_LENGTH": 20,
-        "user_inter_num_interval": "[20,40]",  # the shorter histories of ml-100k keep this test fast
-        "metrics": ["Hit", "NDCG", "MRR"],
-        "topk": [10],
-        "valid_metric": "NDCG@10",
-        "state": "INFO",
-        "show_progress": False,
-        "checkpoint_dir": str(tmp_path / "saved"),
-    }
+def test_cli_trains_and_evaluates_on_ml100k(cli_config, tmp_path, run_cli):
+    config = cli_config(
+        "TiM4Rec",
+        train_batch_size=2048,
+        eval_batch_size=4096,
+        hidden_size=16,
+        num_layers=1,
+        head_dim=8,
+        d_state=8,
+        chunk_size=8,
+        MAX_ITEM_LIST_LENGTH=20,
+        user_inter_num_interval="[20,40]",  # the shorter histories of ml-100k keep this test fast
+    )
     out = run_cli("run_recbole.py", *cli_args(config))
     text = out.stdout + out.stderr
     assert "SSD backend: torch" in text

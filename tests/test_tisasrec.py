@@ -20,7 +20,7 @@ from recbole_timeplug.layers.time_interval import (
     user_min_gap_table,
 )
 from recbole_timeplug.model.sequential_recommender.tisasrec import TiSASRec
-from recbole_timeplug.standalone import ItemCountDataset, standalone_config
+from recbole_timeplug.testing import ItemCountDataset, standalone_config
 
 PAD_GARBAGE_TIME = 5.0e9  # padding content that must never matter
 
@@ -291,15 +291,20 @@ def test_user_min_train_matches_the_raw_file(tiny_config):
         assert model.user_min_gap[uid].item() == expected
 
 
-def test_cli_trains_and_evaluates_on_ml100k(run_cli, tmp_path):
-    config = {
-        "model": "TiSASRec", "dataset": "ml-100k", "epochs": 1, "train_batch_size": 2048, "eval_batch_size": 4096,
-        "hidden_size": 16, "n_layers": 1, "n_heads": 1, "MAX_ITEM_LIST_LENGTH": 20, "time_span": 32,
-        "user_inter_num_interval": "[20,40]",  # the shorter histories of ml-100k keep this test fast
-        "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "metrics": ["Hit", "NDCG"], "topk": [10],
-        "valid_metric": "NDCG@10", "show_progress": False, "state": "INFO",
-        "checkpoint_dir": str(tmp_path / "saved"),
-    }
+def test_cli_trains_and_evaluates_on_ml100k(cli_config, run_cli, tmp_path):
+    config = cli_config(
+        "TiSASRec",
+        train_batch_size=2048,
+        eval_batch_size=4096,
+        hidden_size=16,
+        n_layers=1,
+        n_heads=1,
+        MAX_ITEM_LIST_LENGTH=20,
+        time_span=32,
+        user_inter_num_interval="[20,40]",  # the shorter histories of ml-100k keep this test fast
+        load_col={"inter": ["user_id", "item_id", "timestamp"]},
+        metrics=["Hit", "NDCG"],
+    )
     proc = run_cli("run_recbole.py", *cli_args(config))
     out = proc.stdout + proc.stderr
     test = printed_metrics(out)

@@ -43,7 +43,6 @@ keep RecBole's parameter names, so a RecBole ``LightSANs`` state dict loads into
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd import Function
 

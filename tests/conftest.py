@@ -97,6 +97,28 @@ def run_cli(tmp_path):
     return _run
 
 
+ML100K_CLI = {  # run control shared by the CLI tests on RecBole's shipped ml-100k: one epoch, @10 metrics
+    "dataset": "ml-100k",
+    "epochs": 1,
+    "metrics": ["Hit", "NDCG", "MRR"],
+    "topk": [10],
+    "valid_metric": "NDCG@10",
+    "state": "INFO",
+    "show_progress": False,
+}
+
+
+@pytest.fixture
+def cli_config(tmp_path):
+    """``cli_config(model, **settings)``: a config dict for ``run_recbole.py`` on ml-100k (``ML100K_CLI``
+    plus the model's own sizes), checkpoints under ``tmp_path``; pass it through :func:`cli_args`."""
+
+    def _make(model, **settings):
+        return {"model": model, **ML100K_CLI, "checkpoint_dir": str(tmp_path / "saved"), **settings}
+
+    return _make
+
+
 def printed(output, label):
     """The last ``<label> : {...}`` dict a run printed (e.g. "test result"), as text: compare runs with it."""
     found = re.findall(re.escape(label) + r"\s*: (\{.*\})", output)

@@ -268,25 +268,17 @@ def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config):
     assert resumed["best_valid_result"] == whole["best_valid_result"]
 
 
-def test_cli_trains_evaluates_and_reloads_on_ml100k(tmp_path, run_cli):
-    config = {
-        "model": "ARERec",
-        "dataset": "ml-100k",
-        "epochs": 1,
-        "embedding_size": 16,
-        "region_size": 4,
-        "n_heads": 1,
-        "max_neighbors": 10,
-        "MAX_ITEM_LIST_LENGTH": 20,
-        "train_batch_size": 4096,
-        "learning_rate": 0.003,
-        "metrics": ["Hit", "NDCG", "MRR"],
-        "topk": [10],
-        "valid_metric": "NDCG@10",
-        "state": "INFO",
-        "show_progress": False,
-        "checkpoint_dir": str(tmp_path / "saved"),
-    }
+def test_cli_trains_evaluates_and_reloads_on_ml100k(cli_config, tmp_path, run_cli):
+    config = cli_config(
+        "ARERec",
+        embedding_size=16,
+        region_size=4,
+        n_heads=1,
+        max_neighbors=10,
+        MAX_ITEM_LIST_LENGTH=20,
+        train_batch_size=4096,
+        learning_rate=0.003,
+    )
     out = run_cli("run_recbole.py", *cli_args(config))
     text = out.stdout + out.stderr
     test_line = printed(text, "test result")

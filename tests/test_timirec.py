@@ -316,20 +316,15 @@ def test_both_equals_two_commands_and_resumes_exactly(data_dir):
         assert only["test_result"] == expected
 
 
-def test_cli_stage_both_on_ml100k(tmp_path, run_cli, monkeypatch):
+def test_cli_stage_both_on_ml100k(cli_config, tmp_path, run_cli, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # one intra-op thread: on a busy 2-core CI box two threads thrash
-    config = {
-        "model": "TiMiRec",
-        "dataset": "ml-100k",
-        "epochs": 1,
-        "train_batch_size": 2048,
-        "eval_batch_size": 4096,
-        "embedding_size": 16,
-        "MAX_ITEM_LIST_LENGTH": 20,
-        "state": "INFO",
-        "show_progress": False,
-        "checkpoint_dir": str(tmp_path / "saved"),
-    }
+    config = cli_config(
+        "TiMiRec",
+        train_batch_size=2048,
+        eval_batch_size=4096,
+        embedding_size=16,
+        MAX_ITEM_LIST_LENGTH=20,
+    )
     out = run_cli("run_recbole.py", *cli_args(config))
     text = out.stdout + out.stderr
     assert "TiMiRec stage 1/2: pretrain" in text and "TiMiRec stage 2/2: finetune" in text

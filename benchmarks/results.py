@@ -4,7 +4,7 @@
         --config_files configs/ml-100k_results.yaml --seeds 2020,2021 --out results/
 
 Every model runs in this process through ``recbole_timeplug.quick_start.run_recbole`` under the common
-protocol (``baseline/common_protocol.yaml``, shared/specs decision 5). Config files, lowest priority first:
+protocol (``baseline/common_protocol.yaml``). Config files, lowest priority first:
 
     baseline/common_protocol.yaml  <  baseline/<Model>.yaml (if it exists)  <  --config_files  <  --set
 
@@ -383,7 +383,8 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
         s = first_ok["settings"]
         ev = s.get("eval_args") or {}
         lines.append(
-            "**Protocol** (shared/specs decision 5): split `{}`, order `{}`, grouped by `{}`, ranking mode `{}` "
+            "**Protocol** (`baseline/common_protocol.yaml`): split `{}`, order `{}`, grouped by `{}`, "
+            "ranking mode `{}` "
             "(full = all items), user/item filters `{}` / `{}`; test metrics at the epoch with the best "
             "validation `{}` (early stopping after `{}` epochs without improvement).".format(
                 ev.get("split"), ev.get("order"), ev.get("group_by"), ev.get("mode"),

@@ -1,7 +1,8 @@
 """Compatibility fixes for RecBole 1.2.1 on today's stack, applied once at package import.
 
-Each fix is small, idempotent and has its own test in ``tests/test_compat.py``. The breakages are
-measured in ``shared/specs/recbole_compat.md`` (§B3); pins in ``setup.cfg`` avoid the rest.
+Each fix is small, idempotent and has its own test in ``tests/test_compat.py``. Each breakage,
+its cause and why it is fixed here rather than pinned: ``docs/recbole_compat.md``; pins in ``setup.cfg``
+avoid the rest.
 
 1. numpy 2 removed the aliases RecBole (``np.float``, ``np.bool`` ...) and ray 2.6.3 (``np.bool8``)
    use at run time.  Restored only where missing, so numpy<2 is untouched.

@@ -1,7 +1,7 @@
 """Safe, exact checkpoints.
 
 A checkpoint written here holds only tensors and plain Python values, so it loads with
-``torch.load(weights_only=True)`` and loading never runs code from the file (specs, decision 3):
+``torch.load(weights_only=True)`` and loading never runs code from the file (README, *Checkpoint safety*):
 
 =====================  ====================================================================
 ``format``             ``"recbole_timeplug"`` and ``format_version``

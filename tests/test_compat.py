@@ -1,4 +1,4 @@
-"""One test per breakage fixed by ``recbole_timeplug._compat`` (shared/specs/recbole_compat.md §B3)."""
+"""One test per breakage fixed by ``recbole_timeplug._compat`` (docs/recbole_compat.md)."""
 
 import subprocess
 import sys

@@ -2,8 +2,8 @@
 
 References used: the ``entmax`` package (``entmax_bisect`` at 100 float64 steps, exact ``entmax15`` /
 ``sparsemax``), finite differences (gradcheck), RecBole 1.2.1's own ``LightSANs``, a per-sequence loop
-implementation of one masked adaptive layer written from the spec's equations, and the parameter counts
-printed in MASAN's training logs (spec 2.6).
+implementation of one masked adaptive layer written from the equations of docs/models.md §3.2-§3.3, and
+the parameter counts printed in MASAN's training logs (github.com/JXY66/MASAN; docs/models.md §3.1).
 """
 
 import math
@@ -159,7 +159,7 @@ def test_softmax_mode_is_recbole_lightsans_module_for_module():
 
 def _naive_masked_layer(att, H, lengths, pos_emb):
     """One adaptive MASAN attention layer (mask_padding on, alpha_pool last), one sequence at a time,
-    on the real items only, written from spec 2.2 / 2.2.1 / 2.2.2."""
+    on the real items only, written from docs/models.md §3.2-§3.3."""
     B, L, d = H.shape
     h, dh = att.num_attention_heads, att.attention_head_size
     P = att.pos_ln(pos_emb)

@@ -1,7 +1,7 @@
 """TiM4Rec and its SSD scan (layers/ssd.py), on CPU.
 
 Independent references: the step-by-step recurrence and the quadratic (dual) form of the SSD, and a
-functional float64 re-implementation of the model written from the spec's equations (section 2.3) that
+functional float64 re-implementation of the model written from the equations of docs/models.md §2.2 that
 shares only the weights with the module under test.
 """
 
@@ -244,7 +244,7 @@ def test_model_causality_and_padding():
     torch.testing.assert_close(model.encode(seq, full)[:, :n], model.encode(altered, full)[:, :n], rtol=0, atol=0)
 
     # time-aware model: the official time branch normalises over all L positions, so padding content
-    # changes the time feature and dt's multiplier U at real positions (spec 2.5); time_mask_padding keeps
+    # changes the time feature and dt's multiplier U at real positions (docs/models.md §2.4); time_mask_padding keeps
     # it out, down to the user representation r
     for masked in (False, True):
         model = _model(time_mask_padding=masked).eval()

@@ -1,12 +1,12 @@
 """Multi-interest extraction and interest routing (TiMiRec; also a ComiRec-SA+ extractor on its own).
 
 Wang et al., "Target Interest Distillation for Multi-Interest Recommendation", CIKM 2022 (official code:
-ReChorus branch ``CIKM22``).  Spec: ``shared/specs/masan_timirec_arerec.md`` §3.2-§3.4.
+github.com/THUwangcy/ReChorus, branch ``CIKM22``).  Equations: ``docs/models.md`` §4.2-§4.4.
 
 Notation: a history ``s_1..s_n`` (oldest -> newest) sits right-padded in a row of width ``L`` (RecBole's
 layout: slot ``j`` < ``n`` holds ``s_{j+1}``, pads are item 0); ``E`` the item table, ``K`` interests.
 
-* Reverse positions (§3.2, §3.8):  ``pi_j = n - j`` for a real slot ``j`` (newest -> 1, oldest -> n), 0 for pads.
+* Reverse positions (§4.2):  ``pi_j = n - j`` for a real slot ``j`` (newest -> 1, oldest -> n), 0 for pads.
 * Input:  ``x_j = E[s_j] + P[pi_j]`` (``add_pos``), then optionally one post-LN Transformer layer
   (:class:`InterestTransformerLayer`, ``add_trm``), then pad rows zeroed.
 * Interest attention:  ``a_j = W_2 tanh(W_1 x_j + b_1) + b_2`` in R^K, pads -> -inf, ``A = softmax_j``;
@@ -67,7 +67,7 @@ class InterestTransformerLayer(nn.Module):
 
 
 class MultiInterestExtractor(nn.Module):
-    """Self-attentive multi-interest extractor (spec §3.2): history -> ``K`` interest vectors ``[B, K, d]``.
+    """Self-attentive multi-interest extractor (docs/models.md §4.2): history -> ``K`` interests ``[B, K, d]``.
 
     Owns the item table ``E`` (``item_embedding``) that also scores candidates, so pretraining it alone
     gives a complete ComiRec-SA(+) recommender.
@@ -104,12 +104,12 @@ class MultiInterestExtractor(nn.Module):
         scores = self.W2(torch.tanh(self.W1(x)))  # [B, L, K]
         scores = scores.masked_fill(~valid.unsqueeze(-1), float("-inf")).transpose(1, 2)  # [B, K, L]
         attn = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
-        # z_k aggregates the encoded vectors x_j (not the raw E[s_j]; spec §3.2 notes the difference to ComiRec)
+        # z_k aggregates the encoded vectors x_j, not the raw E[s_j] as ReChorus' ComiRec (docs/models.md §4.2)
         return torch.matmul(attn, x)  # [B, K, d]
 
 
 class InterestPredictor(nn.Module):
-    """Student's sequence encoder (spec §3.4): its own item table ``F`` and a 1-layer GRU; returns ``h_n``."""
+    """Student's sequence encoder (docs/models.md §4.4): own item table ``F``, a 1-layer GRU; returns ``h_n``."""
 
     def __init__(self, n_items, embedding_size):
         super().__init__()

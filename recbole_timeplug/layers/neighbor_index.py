@@ -1,4 +1,4 @@
-"""Leak-free, time-ordered item-neighbour lookup for ARERec (spec ``masan_timirec_arerec.md`` §4.6 A).
+"""Leak-free, time-ordered item-neighbour lookup for ARERec (``docs/models.md`` §5.4).
 
 ARERec scores a candidate item j for user u from j's *neighbours*: the users who interacted with j.  The
 official code lists them from all data (future and test interactions included, u itself included), which

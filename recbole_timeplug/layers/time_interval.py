@@ -2,7 +2,7 @@
 
 Li, Wang & McAuley, "Time Interval Aware Self-Attention for Sequential Recommendation", WSDM 2020.
 
-Notation (spec ``shared/specs/tim4rec_tisasrec.md`` §3): a sample has ``n`` real history items at positions
+Notation (``docs/models.md`` §1): a sample has ``n`` real history items at positions
 ``0..n-1`` of a right-padded row of width ``L``; ``t_i`` their timestamps; ``k`` = ``time_span``.
 
 * Interval matrix (paper eq. for r^u_ij)::
@@ -28,7 +28,7 @@ Notation (spec ``shared/specs/tim4rec_tisasrec.md`` §3): a sample has ``n`` rea
 
   :func:`naive_interval_attention` is this formula with the per-pair tensors R^K, R^V of shape
   B x L x L x d built explicitly (the official code's approach; reference for tests and benchmarks).
-  :func:`bucketed_interval_attention` computes the same numbers without them (spec §3.6):
+  :func:`bucketed_interval_attention` computes the same numbers without them (``docs/models.md`` §1.4):
 
       Q_i . R^K_ij = (Q_i M^RK^T)[R_ij]                       -> [B,h,L,k+1] matmul, then gather
       sum_j a_ij R^V_ij = sum_r ( sum_{j: R_ij = r} a_ij ) M^RV_r  -> scatter-add of a into k+1 buckets, then matmul
@@ -198,6 +198,6 @@ def pair_embeddings(intervals, table):
     """``[B, L, L, d]`` per-pair rows ``table[R_ij]`` for the naive path.
 
     ``F.embedding`` rather than ``table[intervals]``: advanced indexing's backward (index_put with
-    accumulate) was measured 170x slower on an H100 (spec §3.6).
+    accumulate) was measured 170x slower on an H100.
     """
     return F.embedding(intervals, table)

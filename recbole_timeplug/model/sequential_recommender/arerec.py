@@ -2,11 +2,11 @@ r"""ARERec as a leak-free next-item recommender.
 
 Paper: U. Padungkiatwattana, T. Sae-Diae, S. Maneeroj, A. Takasu, "ARERec: Attentive Local Interaction Model
 for Sequential Recommendation", IEEE Access 10:31340-31358, 2022 (doi 10.1109/ACCESS.2022.3160466); official
-TensorFlow code github.com/umapornp/ARERec.  Spec: ``shared/specs/masan_timirec_arerec.md`` §4.
+TensorFlow code github.com/umapornp/ARERec.  Longer account: ``docs/models.md`` §5.
 
-Math (spec §4.3; d = ``embedding_size``, r = ``region_size``, H = ``n_heads``).  For user u, candidate item j
-and query time t*, the neighbours n_1..n_W of j are its users before t* (``layers/neighbor_index.py``), each
-with a local-context-unit (LCU) id l_m and a mask w_m:
+Math (``docs/models.md`` §5.2; d = ``embedding_size``, r = ``region_size``, H = ``n_heads``).  For user u,
+candidate item j and query time t*, the neighbours n_1..n_W of j are its users before t*
+(``layers/neighbor_index.py``), each with a local-context-unit (LCU) id l_m and a mask w_m:
 
 1. x_m = E_U[n_m];
 2. attention personalised by the user, one vector per neighbour (no sum over m, as in the official code):
@@ -22,7 +22,7 @@ own neighbours at the same t*.  L2 slots ``reg_weights`` = [q, k, v, concat, fc]
 of the kernels) and nine ``dropout_probs`` slots = [user emb, neighbour emb, item emb, K_UI, K_IU, neighbour
 profile, item profile, neighbour rating, rating vector], placed as in the official code.
 
-How this differs from the official code, and why (spec §4.5/§4.6):
+How this differs from the official code, and why (``docs/models.md`` §5.3-§5.5):
 
 * Task: the official model is a rating classifier (softmax over rating classes, cross-entropy) evaluated by
   re-ranking each test user's rated items.  Here it is a next-item model: a Linear(r -> 1) scoring head, BPR

@@ -2,25 +2,25 @@
 
 Reference: the MASAN repository (github.com/JXY66/MASAN: RecBole 0.1.1 launchers, README and 7 training
 logs; **no model code was ever published**) and the accompanying thesis abstract.  What the logs prove
-(spec ``masan_timirec_arerec.md`` section 2.1): MASAN is LightSANs (Fan et al., "Lighter and Better:
+(``docs/models.md`` §3.1): MASAN is LightSANs (Fan et al., "Lighter and Better:
 Low-Rank Decomposed Self-Attention Networks for Next-Item Recommendation", SIGIR 2021) with one extra
 ``alpha_w: Linear(d, 1)`` per attention layer feeding alpha-entmax (the DSAN mechanism, Yuan et al. AAAI
 2021) and an (L+1)-row position table.
 
-Equations (spec section 2.2; B batch, L max length, d hidden, h heads, k interests):
+Equations (``docs/models.md`` §3.2; B batch, L max length, d hidden, h heads, k interests):
 
     X^0 = Dropout(LN(E_item[seq]))                                  (no position vector is added)
     per layer, input H:
-      alpha_b = 1 + sigmoid(w_alpha . c_b + beta)      c_b = H_b[len_b - 1] (alpha_pool: last)    (2.2.1)
+      alpha_b = 1 + sigmoid(w_alpha . c_b + beta)      c_b = H_b[len_b - 1] (alpha_pool: last)
       Q, K, V = H W_q, H W_k, H W_v
       K~ = softmax_L(K Theta_K)^T K,  V~ = softmax_L(V Theta_V)^T V      (item-to-interest, [B, k, d])
-      A_h = alpha_b-entmax over the query axis (dim -2) of Q_h K~_h^T / sqrt(d_h)                    (3)
+      A_h = alpha_b-entmax over the query axis (dim -2) of Q_h K~_h^T / sqrt(d_h)
       G_h = softmax over dim -2 of (LN(P) W_pq)_h (LN(P) W_pk)_h^T / (d_h sqrt 2)   (decoupled position)
       H' = LN(H + Dropout(concat_h(Dropout(A_h) V~_h + G_h V_h) W_o))
       H'' = LN(H' + Dropout(W_2 gelu(W_1 H')))
     s_b = H^(n_layers)_b[len_b - 1],  y_{b,i} = s_b . E_item[i]     (CE over all items, or BPR)
 
-Parts marked [reconstructed] in the spec sit behind switches (defaults = the spec's recommendation):
+Parts no source pins down ([reconstructed], ``docs/models.md`` §3.3) sit behind switches:
 ``alpha_mode`` (adaptive | fixed | softmax), ``alpha_pool`` (last | mean), ``entmax_dim`` (-2 | -1),
 ``entmax_on_aggregation`` / ``entmax_on_position`` (False), ``mask_padding`` (True; LightSANs masks
 nothing), ``pos_index_mode`` (absolute | padded) with ``extra_position_row`` (True: L+1 rows as logged;

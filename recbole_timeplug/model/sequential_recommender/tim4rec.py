@@ -3,9 +3,9 @@
 Paper: H. Fan, M. Zhu, Y. Hu, H. Feng, Z. He, H. Liu, Q. Liu, "TiM4Rec: An Efficient Sequential
 Recommendation Model Based on Time-Aware Structured State Space Duality Model", Neurocomputing 654
 (2025) 131270; arXiv:2409.16182.  Semantics follow the authors' code (github.com/AlwaysFHao/TiM4Rec,
-``tim4rec.py``/``ssd.py``) as restated in ``shared/specs/tim4rec_tisasrec.md`` section 2.
+``tim4rec.py``/``ssd.py``); derivation, official-code quirks and presets in ``docs/models.md`` §2.
 
-Implemented (notation of the spec: B batch, L = MAX_ITEM_LIST_LENGTH, d hidden, d_in = expand*d,
+Implemented (B batch, L = MAX_ITEM_LIST_LENGTH, d hidden, d_in = expand*d,
 H = d_in / head_dim SSD heads, N d_state, k d_conv):
 
 * embedding         X0 = LN(Dropout(E[s]))                           (no positional embedding)
@@ -15,7 +15,7 @@ H = d_in / head_dim SSD heads, N d_state, k d_conv):
                     S = MLP_L(T) (Linear L->L, SiLU, Linear L->L along the sequence axis)
                     U = phi(CausalConv2_k(phi(CausalConv1_k(T * S))))          (per-head depthwise)
                     dt' = dt_raw * U                                           (time enters only here)
-                    y = SSD(x, softplus(dt' + b_dt), A = -exp(A_log), B, C) + D x     (spec section 2.4)
+                    y = SSD(x, softplus(dt' + b_dt), A = -exp(A_log), B, C) + D x  (docs/models.md §2.3)
                     y = RMSNorm(y * SiLU(z)) ; O = y W_out + b
                     G = sigmoid(Linear(Dropout(T)))  (L->L if p2p_residual else L->1)
                     T_next = LN_L(G * T + (1 - G) * U)
@@ -31,7 +31,8 @@ semantics.  Switches beyond the official code (defaults = official behaviour):
   missing and SiLU otherwise; here it is explicit (default ``hardswish``, what every official config ran).
 * ``time_mask_padding`` - keep right padding out of the time branch: gaps at padded positions (including
   the boundary gap -t_n) are zeroed and the LayerNorms over L use only valid positions (their output is 0
-  at padding).  Off by default; the official normalisation lets the boundary gap dominate (spec 2.5).
+  at padding).  Off by default; the official normalisation lets the boundary gap dominate
+  (docs/models.md §2.4).
 """
 
 import math

@@ -1,19 +1,19 @@
 """TiMiRec: target-interest distillation for multi-interest recommendation.
 
 Wang, Ma, Zhang, Liu and Ma, "Target Interest Distillation for Multi-Interest Recommendation", CIKM 2022
-(official code: ReChorus branch ``CIKM22``, ``src/models/sequential/TiMiRec.py``).
-Spec: ``shared/specs/masan_timirec_arerec.md`` §3.
+(official code: github.com/THUwangcy/ReChorus, branch ``CIKM22``, ``src/models/sequential/TiMiRec.py``).
+Equations and deviations from the official code: ``docs/models.md`` §4, whose sections are cited below.
 
 Two stages share one extractor (``recbole_timeplug.layers.interest``), whose parameters keep the names
 ``interest_extractor.*`` in both stages so that a pretrain checkpoint loads into the finetune model:
 
 * **pretrain** (``phase == "pretrain"``; a ComiRec-SA model, "ComiRec+" with ``add_trm``):
-  interests ``z = extractor(history)`` (§3.2); training routes to ``k* = argmax_k z_k . E[i+]`` and scores
-  ``y(c) = z_k* . E[c]``; evaluation scores ``y(c) = max_k z_k . E[c]`` (§3.3).
+  interests ``z = extractor(history)`` (§4.2); training routes to ``k* = argmax_k z_k . E[i+]`` and scores
+  ``y(c) = z_k* . E[c]``; evaluation scores ``y(c) = max_k z_k . E[c]`` (§4.3).
 * **finetune** (``phase == "finetune"``; TiMiRec, "TiMiRec+" with ``add_trm``): a student
   ``l = proj(GRU(F[history]))`` in R^K predicts the target interest; user vector ``u = sum_k softmax(l)_k z_k``
   scores ``y(c) = u . E[c]`` (train and eval); the teacher ``t_k = cos(z_k, E[i+])`` is detached and only
-  used in training (§3.4).  Loss::
+  used in training (§4.4).  Loss::
 
       L = L_rec(u) + T^2 * KL( softmax(t / T) || softmax(l / T) )        (batch mean)
 
@@ -100,7 +100,7 @@ class TiMiRec(SequentialRecommender):
             add_pos=bool(config["add_pos"]),
             add_trm=bool(config["add_trm"]),
         )
-        if self.phase == "finetune":  # the student exists only in the finetune model (spec §3.8)
+        if self.phase == "finetune":  # the student exists only in the finetune model (docs/models.md §4.4)
             self.interest_predictor = InterestPredictor(self.n_items, self.embedding_size)
             self.proj = build_projection(self.embedding_size, self.n_interests, self.proj_layers)
         self.rec_loss = BPRLoss() if self.loss_type == "BPR" else nn.CrossEntropyLoss()

@@ -1,8 +1,8 @@
 """TiSASRec: time-interval-aware self-attention for sequential recommendation.
 
 Li, Wang & McAuley, "Time Interval Aware Self-Attention for Sequential Recommendation", WSDM 2020.
-Follows the authors' TensorFlow code (JiachengLi1995/TiSASRec) as restated in
-``shared/specs/tim4rec_tisasrec.md`` §3; the attention maths is in :mod:`recbole_timeplug.layers.time_interval`.
+Follows the authors' TensorFlow code (github.com/JiachengLi1995/TiSASRec); the attention maths is in
+:mod:`recbole_timeplug.layers.time_interval`, the longer account in ``docs/models.md`` §1.
 
 Equations implemented (d = ``hidden_size``, n = history length, L = ``MAX_ITEM_LIST_LENGTH``, k = ``time_span``):
 
@@ -32,7 +32,7 @@ Equations implemented (d = ``hidden_size``, n = history length, L = ``MAX_ITEM_L
 
 Deviations from the official code, all documented in the README paragraph and the YAML:
 
-* Attention is "bucketed" (spec §3.6), never building B x L x L x d tensors; identical to the paper in
+* Attention is "bucketed" (docs/models.md §1.4), never building B x L x L x d tensors; identical to the paper in
   eval. Training-time dropout on interval embeddings is then per (sample, bucket, channel) instead of per
   (pair, channel): ``interval_dropout: bucket`` (default). ``interval_dropout: pair`` restores the
   official per-pair dropout by training with the naive (memory-hungry) formulation.

@@ -185,6 +185,30 @@ def test_torch_scan_float32_and_large_steps_stay_finite():
     torch.testing.assert_close(y.double(), expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch,channels,length,kernel", [(3, 5, 7, 4), (2, 4, 2, 4), (4, 6, 33, 3), (1, 2, 1, 1)])
+def test_fast_causal_conv_backward_matches_autograd(batch, channels, length, kernel):
+    """The hand-written CPU backward vs autograd of F.conv1d (float64), kernel longer than L included."""
+    g = torch.Generator().manual_seed(batch * 100 + length)
+    x = torch.randn(batch, channels, length, dtype=torch.float64, generator=g)
+    w = torch.randn(channels, 1, kernel, dtype=torch.float64, generator=g)
+    b = torch.randn(channels, dtype=torch.float64, generator=g)
+    upstream = torch.randn(batch, channels, length, dtype=torch.float64, generator=g)
+    grads = []
+    for conv in (ssd.causal_depthwise_conv1d_reference, ssd.causal_depthwise_conv1d):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        out = conv(*leaves)
+        (out * upstream).sum().backward()
+        grads.append([out.detach()] + [t.grad for t in leaves])
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    # the fast path is the one that ran: its backward node, not ConvolutionBackward
+    assert "CausalDepthwiseConv1dFn" in type(ssd.causal_depthwise_conv1d(x.requires_grad_(), w, b).grad_fn).__name__
+    # weights only (inputs without gradient, as the time branch's first conv sees detached data)
+    w2 = w.clone().requires_grad_()
+    (ssd.causal_depthwise_conv1d(x.detach(), w2, b) * upstream).sum().backward()
+    torch.testing.assert_close(w2.grad, grads[0][2], rtol=1e-12, atol=1e-12)
+
+
 def test_scan_is_causal():
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(length=29)
     n = 11

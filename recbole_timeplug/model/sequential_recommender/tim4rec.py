@@ -42,6 +42,7 @@ from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
 from recbole_timeplug.errors import MissingFieldError, ModelConfigError
+from recbole_timeplug.layers.dropout import Dropout
 from recbole_timeplug.layers.ssd import (
     SSD_BACKENDS,
     CausalDepthwiseConv1d,
@@ -97,6 +98,7 @@ class TiSSD(nn.Module):
         time_drop_out,
         activation,
         ssd_backend,
+        fast_dropout=True,
     ):
         super().__init__()
         self.d_inner = expand * d_model
@@ -124,12 +126,12 @@ class TiSSD(nn.Module):
         if is_time:
             # MLP and gate act along the sequence axis (L -> L), weights shared by the heads
             self.time_mlp = nn.Sequential(
-                nn.Dropout(time_drop_out), nn.Linear(max_len, max_len), nn.SiLU(), nn.Linear(max_len, max_len)
+                Dropout(time_drop_out, fast_dropout), nn.Linear(max_len, max_len), nn.SiLU(), nn.Linear(max_len, max_len)
             )
             self.time_conv1 = CausalDepthwiseConv1d(self.nheads, d_conv)
             self.time_conv2 = CausalDepthwiseConv1d(self.nheads, d_conv)
             self.time_gate = nn.Sequential(
-                nn.Dropout(time_drop_out), nn.Linear(max_len, max_len if p2p_residual else 1)
+                Dropout(time_drop_out, fast_dropout), nn.Linear(max_len, max_len if p2p_residual else 1)
             )
             self.time_norm = nn.LayerNorm(max_len, eps=norm_eps)
 
@@ -184,7 +186,7 @@ class TiM4RecLayer(nn.Module):
     def __init__(self, d_model, dropout_prob, norm_eps, residual, is_ffn, **ssd_kwargs):
         super().__init__()
         self.tissd = TiSSD(d_model, norm_eps=norm_eps, **ssd_kwargs)
-        self.dropout = nn.Dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob, ssd_kwargs["fast_dropout"])
         self.norm = nn.LayerNorm(d_model, eps=norm_eps)
         self.residual = residual
         self.is_ffn = is_ffn
@@ -192,9 +194,9 @@ class TiM4RecLayer(nn.Module):
             self.ffn = nn.Sequential(
                 nn.Linear(d_model, 4 * d_model),
                 nn.Hardswish(),
-                nn.Dropout(dropout_prob),
+                Dropout(dropout_prob, ssd_kwargs["fast_dropout"]),
                 nn.Linear(4 * d_model, d_model),
-                nn.Dropout(dropout_prob),
+                Dropout(dropout_prob, ssd_kwargs["fast_dropout"]),
             )
             self.ffn_norm = nn.LayerNorm(d_model, eps=FFN_NORM_EPS)
 
@@ -232,6 +234,7 @@ class TiM4Rec(SequentialRecommender):
         self.time_mask_padding = check.boolean("time_mask_padding")
         self.conv_activation = check.one_of("conv_activation", sorted(ACTIVATIONS), normalise=str.lower)
         self.ssd_backend = check.one_of("ssd_backend", SSD_BACKENDS, normalise=str.lower)
+        self.fast_dropout = check.boolean("fast_dropout", default=True)
         # full-softmax cross-entropy only, as the official code
         check.loss_type(("CE",), default="CE")
         d_inner = self.expand * self.hidden_size
@@ -240,7 +243,8 @@ class TiM4Rec(SequentialRecommender):
         self.TIME_SEQ = config["TIME_FIELD"] + config["LIST_SUFFIX"]
 
         self.item_embedding = nn.Embedding(self.n_items, self.hidden_size, padding_idx=0)
-        self.dropout = nn.Dropout(self.dropout_prob)  # shared by item embeddings and time gaps (official)
+        # shared by item embeddings and time gaps (official)
+        self.dropout = Dropout(self.dropout_prob, self.fast_dropout)
         self.emb_norm = nn.LayerNorm(self.hidden_size, eps=self.norm_eps)
         if self.is_time:
             self.time_norm = nn.LayerNorm(self.max_seq_length, eps=self.norm_eps)  # over the sequence axis
@@ -262,6 +266,7 @@ class TiM4Rec(SequentialRecommender):
                 time_drop_out=self.time_drop_out,
                 activation=self.conv_activation,
                 ssd_backend=self.ssd_backend,
+                fast_dropout=self.fast_dropout,
             )
             for _ in range(self.num_layers)
         )

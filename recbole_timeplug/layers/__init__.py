@@ -5,4 +5,5 @@
 - ``sparse_attention``: alpha-entmax and low-rank interest attention (MASAN).
 - ``interest``: multi-interest extraction and interest routing (TiMiRec).
 - ``neighbor_index``: leak-free, time-ordered item-neighbour lookup (ARERec).
+- ``dropout``: nn.Dropout with a cheaper CPU mask (TiM4Rec).
 """

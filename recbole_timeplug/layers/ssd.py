@@ -32,6 +32,7 @@ without executing the package ``__init__``; every failure is caught, remembered 
 raised at import time of this package.
 """
 
+import functools
 import importlib
 import importlib.util
 import logging
@@ -111,11 +112,17 @@ def segsum(a):
     inf * 0 = NaN in the backward pass.
     """
     size = a.shape[-1]
+    above_diagonal, on_or_above = _triangle_masks(size, a.device)
     a = a[..., None].expand(*a.shape, size)  # a[..., m, j] = a[..., m]
-    strictly_lower = torch.ones(size, size, dtype=torch.bool, device=a.device).tril(-1)
-    out = torch.cumsum(a.masked_fill(~strictly_lower, 0.0), dim=-2)
-    lower = torch.ones(size, size, dtype=torch.bool, device=a.device).tril(0)
-    return out.masked_fill(~lower, -math.inf)
+    out = torch.cumsum(a.masked_fill(on_or_above, 0.0), dim=-2)
+    return out.masked_fill(above_diagonal, -math.inf)
+
+
+@functools.lru_cache(maxsize=64)
+def _triangle_masks(size, device):
+    """(j > i, j >= i) masks of a size x size block, built once per (size, device) and reused."""
+    upper = torch.ones(size, size, dtype=torch.bool, device=device).triu(1)
+    return upper, torch.ones(size, size, dtype=torch.bool, device=device).triu(0)
 
 
 def ssd_chunked(x, delta, A, B, C, chunk_size, D=None):
@@ -155,7 +162,10 @@ def ssd_chunked(x, delta, A, B, C, chunk_size, D=None):
         a_cumsum = torch.cumsum(a, dim=-1)
 
         # 1. intra-chunk (diagonal blocks): y_l = sum_{s<=l} (C_l.B_s) exp(segsum) Delta_s x_s
-        cb = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)[:, head_group]  # (b, h, c, q, q)
+        if ngroups == 1:  # one B/C group for all heads (TiM4Rec): broadcast over h instead of copying
+            cb = torch.einsum("bcln,bcsn->bcls", Cc[:, :, :, 0], Bc[:, :, :, 0]).unsqueeze(1)  # (b, 1, c, q, q)
+        else:
+            cb = torch.einsum("bclgn,bcsgn->bgcls", Cc, Bc)[:, head_group]  # (b, h, c, q, q)
         decay = torch.exp(segsum(a))  # (b, h, c, q, q)
         y = torch.einsum("bhcls,bcshp->bclhp", cb * decay, xd)
 
@@ -172,8 +182,11 @@ def _inter_chunk_output(xd, a_cumsum, Bc, Cc, head_group):
     """Steps 2-4 of :func:`ssd_chunked`: the contribution of the state entering each chunk."""
     # 2. state at the end of each chunk from its own inputs
     decay_to_end = torch.exp(a_cumsum[..., -1:] - a_cumsum)  # (b, h, c, q)
-    Bh = Bc[:, :, :, head_group]  # (b, c, q, h, n)
-    states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bh, decay_to_end, xd)
+    one_group = Bc.shape[3] == 1  # broadcast the group's B/C over the heads instead of copying them
+    if one_group:
+        states = torch.einsum("bcln,bhcl,bclhp->bchpn", Bc[:, :, :, 0], decay_to_end, xd)
+    else:
+        states = torch.einsum("bclhn,bhcl,bclhp->bchpn", Bc[:, :, :, head_group], decay_to_end, xd)
 
     # 3. pass states across chunks: state entering chunk z = sum_{c<z} exp(sum of chunk totals) state_c
     states = torch.cat([torch.zeros_like(states[:, :1]), states], dim=1)
@@ -181,8 +194,9 @@ def _inter_chunk_output(xd, a_cumsum, Bc, Cc, head_group):
     states = torch.einsum("bhzc,bchpn->bzhpn", chunk_decay, states)[:, :-1]
 
     # 4. the entering state's contribution inside each chunk
-    Ch = Cc[:, :, :, head_group]
-    return torch.einsum("bclhn,bchpn,bhcl->bclhp", Ch, states, torch.exp(a_cumsum))
+    if one_group:
+        return torch.einsum("bcln,bchpn,bhcl->bclhp", Cc[:, :, :, 0], states, torch.exp(a_cumsum))
+    return torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc[:, :, :, head_group], states, torch.exp(a_cumsum))
 
 
 # --------------------------------------------------------------------------------------- norms, conv

@@ -108,6 +108,7 @@ class TiSSD(nn.Module):
         self.chunk_size = chunk_size
         self.norm_eps = norm_eps
         self.is_time = is_time
+        self.emits_time = True  # switched off for the last layer by TiM4Rec (see time_factor)
         self.ssd_backend = ssd_backend  # requested: auto | torch | triton
         self._resolved = {}  # device type -> backend actually used
         conv_dim = self.d_inner + 2 * d_state  # one group of B/C shared by all heads
@@ -142,11 +143,16 @@ class TiSSD(nn.Module):
         return self._resolved[key]
 
     def time_factor(self, T, valid):
-        """(U, T_next) from the time feature T (B, H, L), in fp32 whatever the autocast state."""
+        """(U, T_next) from the time feature T (B, H, L), in fp32 whatever the autocast state.
+
+        T_next is None when ``emits_time`` is off (the last layer: no layer reads its time output, so its
+        gate and norm would only cost time; they get no gradient either way)."""
         with torch.autocast(device_type=T.device.type, enabled=False):
             T = at_least_fp32(T)
             U = T * self.time_mlp(T)
             U = self.act(self.time_conv2(self.act(self.time_conv1(U))))
+            if not self.emits_time:
+                return U, None
             G = torch.sigmoid(self.time_gate(T))
             T_next = masked_layer_norm(G * T + (1.0 - G) * U, self.time_norm, valid)
         return U, T_next
@@ -270,6 +276,7 @@ class TiM4Rec(SequentialRecommender):
             )
             for _ in range(self.num_layers)
         )
+        self.layers[-1].tissd.emits_time = False  # nothing reads the last layer's time output
         self.loss_fct = nn.CrossEntropyLoss()
         self.apply(self._init_weights)
 

@@ -20,11 +20,12 @@ from logging import getLogger
 import torch
 import yaml
 from recbole.data import create_dataset, data_preparation
-from recbole.utils import get_environment, init_logger, init_seed, set_color
+from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
 
 from recbole_timeplug.checkpoint import TRUST_KEY, check_checkpoint_model, load_checkpoint, load_model_state
 from recbole_timeplug.config import Config
-from recbole_timeplug.errors import DatasetNotFoundError, MissingFieldError, TimeplugError
+from recbole_timeplug.data.checks import empty_data_message, missing_timestamp_policy
+from recbole_timeplug.errors import DataError, DatasetNotFoundError, MissingFieldError, TimeplugError
 from recbole_timeplug.registry import get_model, get_trainer
 
 DATASET_DOCS = "dataset/README.md"
@@ -123,13 +124,45 @@ def build_config(model=None, dataset=None, config_file_list=None, config_dict=No
 def _prepare(config, logger=None):
     check_dataset_files(config)
     model_class = get_model(config["model"])
+    for note in getattr(config, "timeplug_notes", ()):
+        (logger or getLogger()).info(note)
     check_required_fields(config, model_class)
+    missing_timestamp_policy(config)  # a bad value fails before the data is read
     dataset = create_dataset(config)
     check_required_fields(config, model_class, dataset)
+    if len(dataset.inter_feat) == 0:
+        raise DataError(empty_data_message(dataset))
     if logger:
         logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    try:
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+    except ValueError as err:  # torch's sampler: "num_samples should be a positive integer value, but got 0"
+        if "num_samples" not in str(err):
+            raise
+        raise DataError(_no_training_samples(config, dataset)) from None
     return model_class, dataset, train_data, valid_data, test_data
+
+
+def _no_training_samples(config, dataset):
+    import numpy as np
+
+    users = np.asarray(dataset.inter_feat[dataset.uid_field])
+    longest = int(np.bincount(users).max()) if len(users) else 0
+    split = (config["eval_args"] or {}).get("split")
+    sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+    need = (
+        "a sequential model trains on (history, next item) pairs, so with leave-one-out "
+        f"(`eval_args.split`: {split}) a user needs at least 4 interactions to give one training sample"
+        if sequential
+        else f"`eval_args.split` ({split}) gave the training part nothing"
+    )
+    return (
+        f"No training samples are left: {need}, and the longest history after filtering has {longest} "
+        f"interaction(s) ({len(dataset.inter_feat)} interactions, {dataset.user_num - 1} users, filters: "
+        f"user_inter_num_interval {config['user_inter_num_interval']!r}, item_inter_num_interval "
+        f"{config['item_inter_num_interval']!r}). Use data with longer histories, or a split that leaves "
+        f"training data (e.g. --eval_args=\"{{'split': {{'RS': [0.8, 0.1, 0.1]}}}}\")."
+    )
 
 
 def _log_flops(model, dataset, config, logger):

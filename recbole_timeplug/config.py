@@ -77,7 +77,33 @@ class Config(RecBoleConfig):
         for path in model_config_files(model, dataset):
             self._update_internal_config_dict(path)
 
+    def _add_needed_fields_to_load_col(self):
+        """A model that needs e.g. the time field gets it loaded when the user did not set ``load_col``.
+
+        RecBole's default ``load_col`` is ``{inter: [user_id, item_id]}`` for every dataset without its
+        own YAML.  If the user set ``load_col`` (files, dict or command line) it is left alone and
+        ``quick_start.check_required_fields`` names what is missing.
+        """
+        self.timeplug_notes = []
+        load_col = self.final_config_dict.get("load_col")
+        if "load_col" in self.external_config_dict or not isinstance(load_col, dict) or "inter" not in load_col:
+            return
+        inter = list(load_col.get("inter") or [])
+        added = []
+        for key in getattr(self.model_class, "needs_fields", ()):
+            field = self.final_config_dict.get(key)
+            if field and field not in inter:
+                inter.append(field)
+                added.append(f"{field} (`{key}`)")
+        if added:
+            self.final_config_dict["load_col"] = dict(load_col, inter=inter)
+            self.timeplug_notes.append(
+                f"load_col: added {', '.join(added)}, which {self.model} needs, to the default load_col "
+                f"(now inter: {inter}); set `load_col` yourself to choose the columns."
+            )
+
     def _set_default_parameters(self):
+        self._add_needed_fields_to_load_col()
         # RecBole rejects CE with negative sampling and its default samples one negative, so every CE
         # model (SASRec's default included) would need ``train_neg_sample_args: ~``.  Unless the user
         # set it explicitly, pick the value that matches the loss.

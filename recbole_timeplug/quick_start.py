@@ -134,20 +134,27 @@ def _prepare(config, logger=None):
         raise DataError(empty_data_message(dataset))
     if logger:
         logger.info(dataset)
+    counts = _history_lengths(dataset)  # before data_preparation: a sequential dataset's build() replaces inter_feat
     try:
         train_data, valid_data, test_data = data_preparation(config, dataset)
     except ValueError as err:  # torch's sampler: "num_samples should be a positive integer value, but got 0"
         if "num_samples" not in str(err):
             raise
-        raise DataError(_no_training_samples(config, dataset)) from None
+        raise DataError(_no_training_samples(config, counts)) from None
     return model_class, dataset, train_data, valid_data, test_data
 
 
-def _no_training_samples(config, dataset):
+def _history_lengths(dataset):
+    """(interactions, users, longest history) of the filtered data."""
     import numpy as np
 
-    users = np.asarray(dataset.inter_feat[dataset.uid_field])
-    longest = int(np.bincount(users).max()) if len(users) else 0
+    users = np.asarray(dataset.inter_feat[dataset.uid_field]).astype(np.int64)
+    per_user = np.bincount(users) if len(users) else np.zeros(1, dtype=np.int64)
+    return len(users), int((per_user > 0).sum()), int(per_user.max())
+
+
+def _no_training_samples(config, counts):
+    n_inter, n_users, longest = counts
     split = (config["eval_args"] or {}).get("split")
     sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
     need = (
@@ -158,7 +165,7 @@ def _no_training_samples(config, dataset):
     )
     return (
         f"No training samples are left: {need}, and the longest history after filtering has {longest} "
-        f"interaction(s) ({len(dataset.inter_feat)} interactions, {dataset.user_num - 1} users, filters: "
+        f"interaction(s) ({n_inter} interactions, {n_users} users; filters: "
         f"user_inter_num_interval {config['user_inter_num_interval']!r}, item_inter_num_interval "
         f"{config['item_inter_num_interval']!r}). Use data with longer histories, or a split that leaves "
         f"training data (e.g. --eval_args=\"{{'split': {{'RS': [0.8, 0.1, 0.1]}}}}\")."

@@ -28,9 +28,13 @@ FILTERS = {
     "_filter_nan_user_or_item": ("dropping interactions without a user or item id", ()),
     "_remove_duplication": ("removing duplicate interactions", ("rm_dup_inter",)),
     "_filter_by_field_value": ("filtering by field value", ("val_interval",)),
-    "_filter_inter_by_user_or_item": (
+    "_filter_by_inter_num": (
         "filtering users and items by interaction count",
         ("user_inter_num_interval", "item_inter_num_interval"),
+    ),
+    "_filter_inter_by_user_or_item": (
+        "keeping interactions of users/items present in the .user/.item files",
+        ("filter_inter_by_user_or_item",),
     ),
 }
 
@@ -108,10 +112,11 @@ def _text_in_float_column(original):
         try:
             return original(self, filepath, source)
         except ValueError as err:
-            if "could not convert string to float" not in str(err):
+            text = f"{err} ({err.__cause__})" if err.__cause__ else str(err)
+            if "could not convert string to float" not in text and "Unable to convert column" not in text:
                 raise
             raise DataError(
-                f"{filepath}: a column typed `:float` holds text ({err}). Times must be numbers (Unix seconds): "
+                f"{filepath}: a column typed `:float` holds text ({text}). Times must be numbers (Unix seconds): "
                 f"convert dates with `python -m recbole_timeplug.data.convert csv ... --time-format iso` (or "
                 f"\"%Y-%m-%d\"; see dataset/README.md), or type a column that is not a number `:token`."
             ) from None
@@ -149,7 +154,14 @@ def install():
         handle_missing_timestamps(self)
         if self.filter_log[0][2] != len(self.inter_feat):
             self.filter_log.append(("missing_timestamp: drop", self.filter_log[0][2], len(self.inter_feat)))
-        return original(self)
+        if len(self.inter_feat) == 0:
+            raise DataError(empty_data_message(self))
+        try:
+            return original(self)
+        except ValueError as err:  # RecBole's _reset_index: "Some feat is empty, please check the filtering settings."
+            if "Some feat is empty" not in str(err) or len(self.inter_feat) > 0:
+                raise
+            raise DataError(empty_data_message(self)) from None
 
     _data_processing._timeplug_patched = True
     Dataset._data_processing = _data_processing

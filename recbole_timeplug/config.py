@@ -12,6 +12,7 @@ Layering (lowest first), as in RecBole plus the plugin's files:
 """
 
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_timeplug.registry import get_model, model_config_files
 
@@ -24,6 +25,18 @@ DEFAULT_TRAIN_NEG_SAMPLE_ARGS = {
     "dynamic": False,
     "candidate_num": 0,
 }
+
+
+def needed_field_keys(model_class, final_config):
+    """Config keys of the fields a run cannot do without: the model's ``needs_fields``, plus ``TIME_FIELD``
+    when the data are ordered by time (RecBole's sequential data augmentation sorts each user's history by
+    it, and ``eval_args.order: TO`` splits by it)."""
+    keys = list(getattr(model_class, "needs_fields", ()))
+    eval_args = final_config.get("eval_args") or {}
+    ordered = getattr(model_class, "type", None) == ModelType.SEQUENTIAL or eval_args.get("order") == "TO"
+    if ordered and "TIME_FIELD" not in keys and final_config.get("TIME_FIELD"):
+        keys.append("TIME_FIELD")
+    return keys
 
 
 class Config(RecBoleConfig):
@@ -90,7 +103,7 @@ class Config(RecBoleConfig):
             return
         inter = list(load_col.get("inter") or [])
         added = []
-        for key in getattr(self.model_class, "needs_fields", ()):
+        for key in needed_field_keys(self.model_class, self.final_config_dict):
             field = self.final_config_dict.get(key)
             if field and field not in inter:
                 inter.append(field)

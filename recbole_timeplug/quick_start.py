@@ -23,7 +23,7 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
 
 from recbole_timeplug.checkpoint import TRUST_KEY, check_checkpoint_model, load_checkpoint, load_model_state
-from recbole_timeplug.config import Config
+from recbole_timeplug.config import Config, needed_field_keys
 from recbole_timeplug.data.checks import empty_data_message, missing_timestamp_policy
 from recbole_timeplug.errors import DataError, DatasetNotFoundError, MissingFieldError, TimeplugError
 from recbole_timeplug.registry import get_model, get_trainer
@@ -71,8 +71,9 @@ def check_dataset_files(config):
 
 
 def check_required_fields(config, model_class, dataset=None):
-    """A model lists the config keys of fields it needs in ``needs_fields`` (e.g. ``("TIME_FIELD",)``)."""
-    for key in getattr(model_class, "needs_fields", ()):
+    """A model lists the config keys of fields it needs in ``needs_fields`` (e.g. ``("TIME_FIELD",)``);
+    data ordered by time (sequential models, ``order: TO``) need ``TIME_FIELD`` too."""
+    for key in needed_field_keys(model_class, config.final_config_dict):
         field = config[key]
         if not field:
             raise MissingFieldError(

@@ -50,8 +50,12 @@ def test_default_load_col_gets_the_time_field(tmp_path):
     config = Config(model="TiM4Rec", dataset="nodefaults", config_dict={"data_path": str(tmp_path)})
     assert config["load_col"] == {"inter": ["user_id", "item_id", "timestamp"]}
     assert any("added timestamp" in note for note in config.timeplug_notes)
-    # a model that needs no time keeps RecBole's default
+    # any sequential model orders histories by time: SASRec gets it too
     config = Config(model="SASRec", dataset="nodefaults", config_dict={"data_path": str(tmp_path)})
+    assert config["load_col"] == {"inter": ["user_id", "item_id", "timestamp"]}
+    # a general model split at random keeps RecBole's default
+    config = Config(model="BPR", dataset="nodefaults", config_dict={"data_path": str(tmp_path)})
+    assert config["eval_args"]["order"] == "RO"
     assert config["load_col"] == {"inter": ["user_id", "item_id"]} and config.timeplug_notes == []
 
 

@@ -145,3 +145,21 @@ def test_trusted_legacy_checkpoint_of_another_format(tiny_config, tmp_path, run_
     proc = run_cli("run_recbole.py", f"--checkpoint_path={path}", "--trust_legacy_checkpoint=True",
                    "--test_only=True", check=False)
     assert "expected a dict with `config`" in one_line_error(proc)
+
+
+def test_time_aware_models_see_raw_time_under_normalize_all(tmp_path):
+    """RecBole's ml-100k.yaml has normalize_all: True; time-aware models must still see Unix seconds."""
+    from recbole.data import create_dataset
+
+    from recbole_timeplug.config import Config
+
+    raw = np.loadtxt(os.path.join(os.path.dirname(__import__("recbole").__file__), "dataset_example", "ml-100k",
+                                  "ml-100k.inter"), skiprows=1, usecols=3, max_rows=100_000)
+    for model, normalized in (("TiSASRec", False), ("SASRec", True)):
+        config = Config(model=model, dataset="ml-100k", config_dict={"state": "ERROR", **TINY_MODEL})
+        assert config["normalize_all"] is True
+        t = np.asarray(create_dataset(config).inter_feat["timestamp"], dtype=np.float64)
+        if normalized:  # RecBole's behaviour for models that only order by time
+            assert t.min() == 0.0 and t.max() == 1.0
+        else:
+            assert t.min() == raw.min() and t.max() == raw.max()

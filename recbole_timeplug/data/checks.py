@@ -10,6 +10,11 @@
   - ``fill``: RecBole's mean filling, with a warning (default for the other models, for which the time
     only orders the history).
 
+* **Raw time for time-aware models.** RecBole's ``ml-100k.yaml`` sets ``normalize_all: True``, which
+  min-max scales ``timestamp`` to [0, 1]: gaps lose their unit (``time_scale: none`` with ``time_unit:
+  86400`` gave all-zero intervals) and 9 % of TiSASRec's ``user_min_history`` buckets changed by
+  rounding (measured on ml-100k: 3.33 M of 37.2 M real pairs, 20,000 samples at L=50).  For models that need ``TIME_FIELD`` it is
+  kept raw under ``normalize_all`` (``normalize_field`` naming it explicitly still normalizes it).
 * **Text in a float column** (dates as timestamps): a :class:`DataError` pointing to the converter.
 * **What each filter removed.** The interaction count before and after each of RecBole's filters is
   recorded in ``dataset.filter_log`` so that an empty dataset can be explained
@@ -104,6 +109,31 @@ def handle_missing_timestamps(dataset):
     )
 
 
+def _needs_time(config):
+    from recbole_timeplug.registry import get_model
+
+    try:
+        return "TIME_FIELD" in getattr(get_model(config["model"]), "needs_fields", ())
+    except Exception:  # noqa: BLE001 - an unknown model fails elsewhere with its own message
+        return False
+
+
+def _raw_time_for_time_aware_models(original):
+    @functools.wraps(original)
+    def _normalize(self):
+        field = getattr(self, "time_field", None)
+        if not (self.config["normalize_all"] and not self.config["normalize_field"] and field in self.inter_feat
+                and _needs_time(self.config)):
+            return original(self)
+        raw = self.inter_feat[field].copy()
+        original(self)
+        self.inter_feat[field] = raw
+        self.logger.info(f"normalize_all: `{field}` kept in its own units ({self.config['model']} computes time gaps).")
+
+    _normalize._timeplug_patched = True
+    return _normalize
+
+
 def _text_in_float_column(original):
     """``pandas.read_csv(dtype=float)`` on dates ("2020-01-01") fails deep in pandas: say what to do."""
 
@@ -166,6 +196,7 @@ def install():
     _data_processing._timeplug_patched = True
     Dataset._data_processing = _data_processing
     Dataset._load_feat = _text_in_float_column(Dataset._load_feat)
+    Dataset._normalize = _raw_time_for_time_aware_models(Dataset._normalize)
     for name in FILTERS:
         setattr(Dataset, name, _record(name)(getattr(Dataset, name)))
 

@@ -110,4 +110,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from recbole_timeplug.errors import TimeplugError
+
+    try:
+        main()
+    except TimeplugError as err:  # bad input: say what is wrong and what to do, without a traceback
+        print(f"run_hyper.py: error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -16,6 +16,20 @@ avoid the rest.
    this package always passes ``weights_only`` explicitly and gates legacy files behind
    ``trust_legacy_checkpoint`` (see ``checkpoint.py``).
 
+5. RecBole turns every ``float`` field into a float32 tensor (``Dataset._dataframe_to_interaction``).
+   float32 has 24 mantissa bits: at Unix-seconds scale (1e9) its spacing is 64-128 s, at milliseconds
+   (1e12) 65536-131072 ms, so the gaps time-aware models compute were off by up to a minute and 46 % of
+   TiSASRec's interval buckets were wrong (measured).  The configured ``TIME_FIELD`` is kept in float64
+   (its ``_list`` field in sequential datasets follows, as RecBole allocates it with the field's dtype).
+6. ``Dataset._fill_nan`` uses chained ``feat[field].fillna(..., inplace=True)``: a ``FutureWarning`` per
+   field on every run with pandas 2.2, and a silent no-op under pandas 3's copy-on-write (NaN flows on).
+   Replaced by the same filling written as assignments.
+7. ``torch.cuda.amp.GradScaler(...)`` (RecBole's trainer, every run) is deprecated: RecBole's trainer
+   module gets ``torch.amp`` equivalents bound to ``"cuda"``.
+
+``apply`` also installs this package's data checks (``recbole_timeplug.data.checks``: missing
+timestamps, what each filter removed), which hook into the same ``Dataset`` methods.
+
 ``apply`` is also passed to Ray as ``worker_process_setup_hook`` so that Ray workers get the same fixes.
 """
 
@@ -131,6 +145,78 @@ def patch_torch_load_for_recbole():
     torch.load = load
 
 
+def keep_time_field_float64():
+    """Keep ``TIME_FIELD`` (and so its sequence field) float64 instead of RecBole's float32."""
+    import numpy as np
+    import torch
+    from recbole.data.dataset import Dataset
+    from recbole.utils import FeatureType
+
+    original = Dataset._dataframe_to_interaction
+    if getattr(original, "_timeplug_patched", False):
+        return
+
+    @functools.wraps(original)
+    def _dataframe_to_interaction(self, data):
+        inter = original(self, data)
+        field = getattr(self, "time_field", None)
+        if (
+            field is not None
+            and field in data
+            and self.field2type.get(field) == FeatureType.FLOAT
+            and field not in (self.config["numerical_features"] or [])
+        ):
+            inter.interaction[field] = torch.from_numpy(np.array(data[field].values, dtype=np.float64))
+        return inter
+
+    _dataframe_to_interaction._timeplug_patched = True
+    Dataset._dataframe_to_interaction = _dataframe_to_interaction
+
+
+def cow_safe_fill_nan():
+    """RecBole's ``_fill_nan`` (0 for tokens, the column mean for floats, empty arrays for sequences)
+    written with assignments: no chained-assignment ``FutureWarning``, and it still fills on pandas 3."""
+    import numpy as np
+    from recbole.data.dataset import Dataset
+    from recbole.utils import FeatureType, set_color
+
+    if getattr(Dataset._fill_nan, "_timeplug_patched", False):
+        return
+
+    def _fill_nan(self):
+        self.logger.debug(set_color("Filling nan", "green"))
+        for feat_name in self.feat_name_list:
+            feat = getattr(self, feat_name)
+            for field in feat:
+                ftype = self.field2type[field]
+                if ftype == FeatureType.TOKEN:
+                    feat[field] = feat[field].fillna(value=0)
+                elif ftype == FeatureType.FLOAT:
+                    feat[field] = feat[field].fillna(value=feat[field].mean())
+                else:
+                    dtype = np.int64 if ftype == FeatureType.TOKEN_SEQ else np.float64
+                    feat[field] = feat[field].apply(lambda x: np.array([], dtype=dtype) if isinstance(x, float) else x)
+
+    _fill_nan._timeplug_patched = True
+    Dataset._fill_nan = _fill_nan
+
+
+def modern_grad_scaler():
+    """RecBole's trainer module uses ``torch.cuda.amp.GradScaler``/``autocast``: use ``torch.amp``'s."""
+    import types
+
+    import torch
+    import recbole.trainer.trainer as recbole_trainer
+
+    if getattr(recbole_trainer.amp, "_timeplug_patched", False):
+        return
+    recbole_trainer.amp = types.SimpleNamespace(
+        GradScaler=functools.partial(torch.amp.GradScaler, "cuda"),
+        autocast=functools.partial(torch.amp.autocast, "cuda"),
+        _timeplug_patched=True,
+    )
+
+
 def apply():
     """Apply every fix once (idempotent; safe to call in spawned children and Ray workers)."""
     global _APPLIED
@@ -140,4 +226,10 @@ def apply():
     patch_torch_load_for_recbole()
     disable_recbole_anomaly_mode()
     patch_hyperopt_exhaustive()
+    keep_time_field_float64()
+    cow_safe_fill_nan()
+    modern_grad_scaler()
+    from recbole_timeplug.data import checks
+
+    checks.install()
     _APPLIED = True

@@ -148,14 +148,34 @@ def save_checkpoint(payload, path):
     return path
 
 
+_EXPECTED = (
+    "a dict with `config` (RecBole's Config, or a dict of settings) and `state_dict` (parameter name -> "
+    "tensor), as RecBole's trainer writes, or a recbole-timeplug checkpoint"
+)
+
+
 def _legacy_to_payload(raw, path):
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"Checkpoint file {path!r} holds a {type(raw).__name__}, not a checkpoint: expected {_EXPECTED}. "
+            f"Point `checkpoint_path` at a .pth file written by a training run."
+        )
     config = raw.get("config")
-    if config is None or "state_dict" not in raw:
+    state_dict = raw.get("state_dict")
+    if config is None or state_dict is None:
         raise CheckpointError(
             f"Checkpoint file {path!r} is not a RecBole or recbole-timeplug checkpoint "
-            f"(it holds keys {sorted(raw)}). Point `checkpoint_path` at a .pth file written by a training run."
+            f"(it holds keys {sorted(map(str, raw))}; expected {_EXPECTED}). "
+            f"Point `checkpoint_path` at a .pth file written by a training run."
         )
-    final = config.final_config_dict if hasattr(config, "final_config_dict") else dict(config)
+    final = getattr(config, "final_config_dict", config)
+    if not isinstance(final, dict) or not isinstance(state_dict, dict) or not all(
+        isinstance(v, torch.Tensor) for v in state_dict.values()
+    ):
+        raise CheckpointError(
+            f"Checkpoint file {path!r} is not in RecBole's format: its `config` is a {type(config).__name__} "
+            f"and its `state_dict` a {type(state_dict).__name__}; expected {_EXPECTED}."
+        )
     external = getattr(config, "external_config_dict", None)
     epoch = int(raw.get("epoch", -1))
     return {
@@ -213,7 +233,9 @@ def load_checkpoint(path, map_location="cpu", trust_legacy=False):
     except Exception as err:  # noqa: BLE001 - corrupt archive, wrong format, ...
         raise CheckpointError(f"Checkpoint file {path!r} is unreadable: {err}") from err
     if not isinstance(raw, dict):
-        raise CheckpointError(f"Checkpoint file {path!r} holds a {type(raw).__name__}, not a checkpoint dict.")
+        raise CheckpointError(
+            f"Checkpoint file {path!r} holds a {type(raw).__name__}, not a checkpoint: expected {_EXPECTED}."
+        )
     if raw.get("format") != FORMAT:
         return _legacy_to_payload(raw, path)
     if raw.get("format_version", 0) > FORMAT_VERSION:

@@ -12,6 +12,7 @@ Layering (lowest first), as in RecBole plus the plugin's files:
 """
 
 from recbole.config import Config as RecBoleConfig
+from recbole.utils import ModelType
 
 from recbole_timeplug.registry import get_model, model_config_files
 
@@ -24,6 +25,18 @@ DEFAULT_TRAIN_NEG_SAMPLE_ARGS = {
     "dynamic": False,
     "candidate_num": 0,
 }
+
+
+def needed_field_keys(model_class, final_config):
+    """Config keys of the fields a run cannot do without: the model's ``needs_fields``, plus ``TIME_FIELD``
+    when the data are ordered by time (RecBole's sequential data augmentation sorts each user's history by
+    it, and ``eval_args.order: TO`` splits by it)."""
+    keys = list(getattr(model_class, "needs_fields", ()))
+    eval_args = final_config.get("eval_args") or {}
+    ordered = getattr(model_class, "type", None) == ModelType.SEQUENTIAL or eval_args.get("order") == "TO"
+    if ordered and "TIME_FIELD" not in keys and final_config.get("TIME_FIELD"):
+        keys.append("TIME_FIELD")
+    return keys
 
 
 class Config(RecBoleConfig):
@@ -93,7 +106,33 @@ class Config(RecBoleConfig):
         for path in model_config_files(model, dataset):
             self._update_internal_config_dict(path)
 
+    def _add_needed_fields_to_load_col(self):
+        """A model that needs e.g. the time field gets it loaded when the user did not set ``load_col``.
+
+        RecBole's default ``load_col`` is ``{inter: [user_id, item_id]}`` for every dataset without its
+        own YAML.  If the user set ``load_col`` (files, dict or command line) it is left alone and
+        ``quick_start.check_required_fields`` names what is missing.
+        """
+        self.timeplug_notes = []
+        load_col = self.final_config_dict.get("load_col")
+        if "load_col" in self.external_config_dict or not isinstance(load_col, dict) or "inter" not in load_col:
+            return
+        inter = list(load_col.get("inter") or [])
+        added = []
+        for key in needed_field_keys(self.model_class, self.final_config_dict):
+            field = self.final_config_dict.get(key)
+            if field and field not in inter:
+                inter.append(field)
+                added.append(f"{field} (`{key}`)")
+        if added:
+            self.final_config_dict["load_col"] = dict(load_col, inter=inter)
+            self.timeplug_notes.append(
+                f"load_col: added {', '.join(added)}, which {self.model} needs, to the default load_col "
+                f"(now inter: {inter}); set `load_col` yourself to choose the columns."
+            )
+
     def _set_default_parameters(self):
+        self._add_needed_fields_to_load_col()
         # RecBole rejects CE with negative sampling and its default samples one negative, so every CE
         # model (SASRec's default included) would need ``train_neg_sample_args: ~``.  Unless the user
         # set it explicitly, pick the value that matches the loss.

@@ -23,3 +23,7 @@ class ModelConfigError(TimeplugError, ValueError):
 
 class CheckpointError(TimeplugError, RuntimeError):
     """A checkpoint cannot be used: unreadable, legacy and untrusted, another model, or incompatible."""
+
+
+class DataError(TimeplugError, ValueError):
+    """The data cannot be trained on as configured: missing timestamps, nothing left after filtering."""

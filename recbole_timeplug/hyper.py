@@ -27,6 +27,7 @@ import ast
 import math
 import os
 import sys
+import threading
 
 from recbole_timeplug import _compat
 from recbole_timeplug.config import Config
@@ -292,8 +293,11 @@ def write_report(output_file, summary):
         lines.append("| " + " | ".join(row) + " |")
     folder = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(folder, exist_ok=True)
-    with open(output_file, "w", encoding="utf-8") as f:
+    # temp file + rename: two searches writing the same report never interleave (the last one wins whole)
+    tmp = f"{output_file}.tmp-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+    os.replace(tmp, output_file)
     return output_file
 
 

@@ -23,8 +23,9 @@ from recbole.data import create_dataset, data_preparation
 from recbole.utils import ModelType, get_environment, init_logger, init_seed, set_color
 
 from recbole_timeplug.checkpoint import TRUST_KEY, check_checkpoint_model, load_checkpoint, load_model_state
-from recbole_timeplug.config import Config
-from recbole_timeplug.errors import DatasetNotFoundError, MissingFieldError, TimeplugError
+from recbole_timeplug.config import Config, needed_field_keys
+from recbole_timeplug.data.checks import empty_data_message, missing_timestamp_policy
+from recbole_timeplug.errors import DataError, DatasetNotFoundError, MissingFieldError, TimeplugError
 from recbole_timeplug.registry import get_model, get_trainer
 from recbole_timeplug.utils import plain_metrics
 from recbole_timeplug.validation import check_sequence_length
@@ -72,8 +73,9 @@ def check_dataset_files(config):
 
 
 def check_required_fields(config, model_class, dataset=None):
-    """A model lists the config keys of fields it needs in ``needs_fields`` (e.g. ``("TIME_FIELD",)``)."""
-    for key in getattr(model_class, "needs_fields", ()):
+    """A model lists the config keys of fields it needs in ``needs_fields`` (e.g. ``("TIME_FIELD",)``);
+    data ordered by time (sequential models, ``order: TO``) need ``TIME_FIELD`` too."""
+    for key in needed_field_keys(model_class, config.final_config_dict):
         field = config[key]
         if not field:
             raise MissingFieldError(
@@ -127,13 +129,52 @@ def _prepare(config, logger=None):
     if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
         check_sequence_length(config)
     check_dataset_files(config)
+    for note in getattr(config, "timeplug_notes", ()):
+        (logger or getLogger()).info(note)
     check_required_fields(config, model_class)
+    missing_timestamp_policy(config)  # a bad value fails before the data is read
     dataset = create_dataset(config)
     check_required_fields(config, model_class, dataset)
+    if len(dataset.inter_feat) == 0:
+        raise DataError(empty_data_message(dataset))
     if logger:
         logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    counts = _history_lengths(dataset)  # before data_preparation: a sequential dataset's build() replaces inter_feat
+    try:
+        train_data, valid_data, test_data = data_preparation(config, dataset)
+    except ValueError as err:  # torch's sampler: "num_samples should be a positive integer value, but got 0"
+        if "num_samples" not in str(err):
+            raise
+        raise DataError(_no_training_samples(config, counts)) from None
     return model_class, dataset, train_data, valid_data, test_data
+
+
+def _history_lengths(dataset):
+    """(interactions, users, longest history) of the filtered data."""
+    import numpy as np
+
+    users = np.asarray(dataset.inter_feat[dataset.uid_field]).astype(np.int64)
+    per_user = np.bincount(users) if len(users) else np.zeros(1, dtype=np.int64)
+    return len(users), int((per_user > 0).sum()), int(per_user.max())
+
+
+def _no_training_samples(config, counts):
+    n_inter, n_users, longest = counts
+    split = (config["eval_args"] or {}).get("split")
+    sequential = config["MODEL_TYPE"] == ModelType.SEQUENTIAL
+    need = (
+        "a sequential model trains on (history, next item) pairs, so with leave-one-out "
+        f"(`eval_args.split`: {split}) a user needs at least 4 interactions to give one training sample"
+        if sequential
+        else f"`eval_args.split` ({split}) gave the training part nothing"
+    )
+    return (
+        f"No training samples are left: {need}, and the longest history after filtering has {longest} "
+        f"interaction(s) ({n_inter} interactions, {n_users} users; filters: "
+        f"user_inter_num_interval {config['user_inter_num_interval']!r}, item_inter_num_interval "
+        f"{config['item_inter_num_interval']!r}). Use data with longer histories, or a split that leaves "
+        f"training data (e.g. --eval_args=\"{{'split': {{'RS': [0.8, 0.1, 0.1]}}}}\")."
+    )
 
 
 def _log_flops(model, dataset, config, logger):

@@ -142,3 +142,12 @@ def _plain_argv(monkeypatch, tmp_path):
     RecBole's ``log/`` and ``log_tensorboard/`` folders out of the repository."""
     monkeypatch.setattr(sys, "argv", ["pytest"])
     monkeypatch.chdir(tmp_path)
+
+
+def one_line_error(proc, script="run_recbole.py"):
+    """A CLI run that failed as bad input should: exit 2, no traceback, the error as the last line (logs may precede)."""
+    assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: error: "), proc.stderr[-2000:]
+    return last

@@ -71,3 +71,76 @@ def test_torch_load_defaults_for_recbole_callers_only(tmp_path):
     namespace = {"__name__": "recbole.model.sequential_recommender.s3rec", "torch": torch, "p": path}
     exec(compile("loaded = torch.load(p)", "s3rec.py", "exec"), namespace)
     assert namespace["loaded"]["obj"] == "Opaque"
+
+
+def _sequential_dataset(tmp_path, rows, model="TiSASRec", **extra):
+    """A RecBole dataset built through this package's Config from ``rows`` of (user, item, time text)."""
+    from recbole.data import create_dataset
+
+    from recbole_timeplug.config import Config
+
+    folder = tmp_path / "data" / "ts"
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"] + [f"{u}\t{i}\t{t}" for u, i, t in rows]
+    (folder / "ts.inter").write_text("\n".join(lines) + "\n")
+    config = Config(model=model, dataset="ts", config_dict={"data_path": str(tmp_path / "data"), "state": "ERROR",
+                                                            "MAX_ITEM_LIST_LENGTH": 20, **extra})
+    return create_dataset(config)
+
+
+@pytest.mark.parametrize("unit", [1, 1000])  # Unix seconds (1e9) and milliseconds (1e12)
+def test_time_field_reaches_the_model_in_float64(tmp_path, unit):
+    """float32 is 64-128 s apart at 1e9: the gaps a model sees must equal the file's, to the unit."""
+    from recbole.data import data_preparation
+
+    rng = np.random.default_rng(1)
+    rows, truth = [], {}
+    for u in range(1, 9):
+        t = 1_000_000_000 * unit + int(rng.integers(0, 10**6)) * unit
+        for _ in range(8):
+            t += int(rng.integers(1, 200)) * unit  # gaps of 1-200 s: below float32's spacing
+            rows.append((u, int(rng.integers(1, 20)), str(t)))
+            truth.setdefault(str(u), []).append(t)
+    dataset = _sequential_dataset(tmp_path, rows)
+    train, _, _ = data_preparation(dataset.config, dataset)
+    inter = train._dataset.inter_feat
+    assert inter["timestamp_list"].dtype == torch.float64 and inter["timestamp"].dtype == torch.float64
+    for r in range(len(inter)):
+        n = int(inter["item_length"][r])
+        expected = np.diff(np.array(truth[dataset.id2token("user_id", int(inter["user_id"][r]))][:n], dtype=np.int64))
+        seen = np.diff(inter["timestamp_list"][r, :n].numpy())
+        np.testing.assert_array_equal(seen, expected.astype(np.float64))
+    # the unpatched float32 conversion would not have kept them (the breakage this fixes)
+    lost = np.diff(np.array(truth["1"], dtype=np.float32).astype(np.float64)) != np.diff(np.array(truth["1"]))
+    assert lost.any()
+
+
+def test_fill_nan_warns_not_and_fills(tmp_path):
+    import warnings
+
+    rows = [(1, 1, "10"), (1, 2, "20"), (1, 3, "30"), (2, 1, "40"), (2, 2, ""), (2, 3, "60")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # RecBole's chained fillna raised one per field
+        dataset = _sequential_dataset(tmp_path, rows, model="SASRec", missing_timestamp="fill",
+                                      load_col={"inter": ["user_id", "item_id", "timestamp"]})
+    times = np.asarray(dataset.inter_feat["timestamp"])
+    assert not np.isnan(times).any()
+    assert sorted(times.tolist()) == sorted([10.0, 20.0, 30.0, 40.0, 60.0, 32.0])  # RecBole's mean fill
+
+
+def test_grad_scaler_without_deprecation_warning(tiny_config):
+    import warnings
+
+    from recbole_timeplug.config import Config
+    from recbole_timeplug.registry import get_model, get_trainer
+
+    config = Config(config_dict=dict(tiny_config))
+    from recbole.data import create_dataset, data_preparation
+
+    dataset = create_dataset(config)
+    train, valid, _ = data_preparation(config, dataset)
+    model = get_model("SASRec")(config, train._dataset)
+    trainer = get_trainer(config["MODEL_TYPE"], "SASRec")(config, model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # torch.cuda.amp.GradScaler(...) is deprecated
+        trainer._train_epoch(train, 0)

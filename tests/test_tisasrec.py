@@ -282,7 +282,7 @@ def test_user_min_train_matches_the_raw_file(tiny_config):
 
     raw = pd.read_csv(os.path.join(config["data_path"], "tiny.inter"), sep="\t")
     raw.columns = ["user_id", "item_id", "timestamp"]
-    raw["timestamp"] = raw["timestamp"].astype(np.float32).astype(np.float64)  # RecBole's float32
+    raw["timestamp"] = raw["timestamp"].astype(np.float64)  # the package keeps TIME_FIELD float64 (_compat)
     for user_token, rows in list(raw.groupby("user_id"))[:40]:
         t = np.sort(rows["timestamp"].to_numpy())[:-2]  # leave-one-out: drop valid and test
         gaps = np.diff(t)

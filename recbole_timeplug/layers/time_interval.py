@@ -85,8 +85,8 @@ def interval_matrix(time_seq, seq_len, divisor, time_span):
     """``R_ij = min(floor(|t_i - t_j| / r), k)`` as int64 ``[B, L, L]``; 0 wherever i or j is padding.
 
     Args:
-        time_seq: ``[B, L]`` timestamps (RecBole gives float32; cast to float64 here - float32 spacing at
-            unix-seconds scale is 64-128 s and is not recoverable, but no further precision is lost).
+        time_seq: ``[B, L]`` timestamps, float64 as the package loads ``TIME_FIELD`` (``_compat``; float32
+            spacing at Unix-seconds scale is 64-128 s); any dtype is cast to float64 here.
         seq_len: ``[B]`` number of real items.
         divisor: ``[B]`` or scalar personal unit ``r_u`` (> 0).
         time_span: ``k``, the largest bucket.

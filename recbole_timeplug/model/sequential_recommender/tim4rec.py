@@ -305,9 +305,11 @@ class TiM4Rec(SequentialRecommender):
     def time_feature(self, time_seq, valid):
         """T0 (B, H, L): LN over the sequence axis of the consecutive gaps (fp32, raw units)."""
         with torch.autocast(device_type=time_seq.device.type, enabled=False):
-            # fp32 (RecBole stores timestamps as float32); fp64 when the model itself is fp64
-            t = at_least_fp32(time_seq.to(torch.promote_types(time_seq.dtype, self.time_norm.weight.dtype)))
+            # gaps from float64 times (the package keeps TIME_FIELD float64: float32 is 64-128 s apart at
+            # Unix-seconds scale), then in the model's dtype: fp32, or fp64 when the model itself is fp64
+            t = time_seq.to(torch.float64)
             gaps = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
+            gaps = gaps.to(at_least_fp32(self.time_norm.weight).dtype)
             if valid is not None:
                 gaps = gaps * valid[:, 0].to(gaps.dtype)  # drops the boundary gap -t_n and later zeros
             tau = masked_layer_norm(self.dropout(gaps), self.time_norm, None if valid is None else valid[:, 0])

@@ -86,6 +86,35 @@ def test_interval_matrix_hand_computed():
     assert interval_matrix(times, lengths, 2.0, time_span=10)[0, 2, :5].tolist() == [1, 1, 0, 3, 3]
 
 
+def test_official_interval_rounding_hand_computed():
+    """The official code: t'_i = round((t_i - t_0) / r) (half to even), R_ij = min(|t'_i - t'_j|, k)."""
+    times = torch.tensor([[10.0, 11.4, 12.5, 13.5, 17.0, PAD_GARBAGE_TIME]], dtype=torch.float64)
+    lengths = torch.tensor([5])
+    # r = 1: t - t_0 = 0, 1.4, 2.5, 3.5, 7 -> rounded 0, 1, 2 (half to even), 4 (half to even), 7
+    got = interval_matrix(times, lengths, 1.0, time_span=5, rounding="official")
+    steps = [0, 1, 2, 4, 7]
+    expected = torch.zeros(1, 6, 6, dtype=torch.int64)
+    expected[0, :5, :5] = torch.tensor([[min(abs(a - b), 5) for b in steps] for a in steps])
+    assert torch.equal(got, expected)
+    # where the two roundings differ: |12.5 - 10| = 2.5 -> floor 2, official 2; |13.5 - 11.4| = 2.1 -> floor 2, official 3
+    floor = interval_matrix(times, lengths, 1.0, time_span=5)
+    assert floor[0, 1, 3].item() == 2 and got[0, 1, 3].item() == 3 and floor[0, 0, 2].item() == got[0, 0, 2].item() == 2
+    # t_0 is the earliest *real* time: padding (garbage) never shifts the rounding
+    assert interval_matrix(times, torch.tensor([3]), 1.0, 5, "official")[0, :3, :3].tolist() == [[0, 1, 2], [1, 0, 1], [2, 1, 0]]
+    # the model passes its `interval_rounding` through (time_scale none, time_unit 1 -> r = 1)
+    model = _model(interval_rounding="official", time_scale="none", time_unit=1.0, time_span=5)
+    assert torch.equal(model.intervals(times, lengths), got)
+
+
+def test_l2_is_the_keras_strength():
+    """Keras' l2(lambda) adds lambda * sum(w^2) per table (no 1/2): the official regulariser."""
+    model = _model(l2_emb=0.01).eval()
+    tables = (model.item_embedding, model.position_key_embedding, model.position_value_embedding,
+              model.interval_key_embedding, model.interval_value_embedding)
+    by_hand = 0.01 * sum(float((t.weight.detach().double() ** 2).sum()) for t in tables)
+    assert abs(model._l2_embeddings().item() - by_hand) < 1e-6 * by_hand
+
+
 def test_intervals_large_timestamps_no_overflow():
     # millisecond timestamps: |dt| / 1 ~ 1e12 >> int32; must clamp to k, never wrap negative
     times = torch.tensor([[1.6e12, 1.7e12, 1.7e12 + 1000.0]], dtype=torch.float64)

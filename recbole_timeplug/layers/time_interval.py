@@ -81,8 +81,19 @@ def user_min_gap_table(user_ids, last_history_time, target_time, n_users, fallba
     return torch.where(torch.isinf(table), torch.full_like(table, fallback), table)
 
 
-def interval_matrix(time_seq, seq_len, divisor, time_span):
-    """``R_ij = min(floor(|t_i - t_j| / r), k)`` as int64 ``[B, L, L]``; 0 wherever i or j is padding.
+INTERVAL_ROUNDINGS = ("floor", "official")
+
+
+def interval_matrix(time_seq, seq_len, divisor, time_span, rounding="floor"):
+    """Interval buckets ``R_ij`` as int64 ``[B, L, L]`` in [0, k]; 0 wherever i or j is padding.
+
+    ``rounding``:
+
+    * ``floor`` - the paper's ``R_ij = min(floor(|t_i - t_j| / r), k)``;
+    * ``official`` - the official code's ``min(|round((t_i - t_0) / r) - round((t_j - t_0) / r)|, k)``: each
+      time is rescaled and rounded on its own (``t_0`` = the earliest time of the history, the official
+      per-user minimum made leak-free; rounding half to even, as Python's ``round``), then differenced.
+      It can differ from ``floor`` by one bucket either way (``|Δ| / r`` = 1.4 can give 1 or 2).
 
     Args:
         time_seq: ``[B, L]`` timestamps, float64 as the package loads ``TIME_FIELD`` (``_compat``; float32
@@ -95,10 +106,18 @@ def interval_matrix(time_seq, seq_len, divisor, time_span):
     divisor = torch.as_tensor(divisor, dtype=torch.float64, device=t.device)
     if divisor.dim() == 1:
         divisor = divisor.view(-1, 1, 1)
-    scaled = (t.unsqueeze(2) - t.unsqueeze(1)).abs() / divisor
-    # clamp in float64 *before* the integer cast: huge gaps (ms timestamps, bad units) never overflow
-    intervals = torch.floor(scaled).clamp_(0, time_span).to(torch.int64)
     real = history_mask(seq_len, t.shape[1])
+    if rounding == "official":
+        start = t.masked_fill(~real, math.inf).amin(dim=1, keepdim=True)  # earliest real time
+        start = torch.where(torch.isfinite(start), start, torch.zeros_like(start))  # empty history
+        steps = torch.round((t - start).unsqueeze(2) / divisor)  # [B, L, 1]: t'_i = round((t_i - t_0) / r)
+        scaled = (steps - steps.transpose(1, 2)).abs()
+    elif rounding == "floor":
+        scaled = torch.floor((t.unsqueeze(2) - t.unsqueeze(1)).abs() / divisor)
+    else:
+        raise ValueError(f"interval rounding must be one of {INTERVAL_ROUNDINGS}, got {rounding!r}")
+    # clamp in float64 *before* the integer cast: huge gaps (ms timestamps, bad units) never overflow
+    intervals = scaled.clamp_(0, time_span).to(torch.int64)
     return intervals.masked_fill_(~(real.unsqueeze(2) & real.unsqueeze(1)), 0)
 
 

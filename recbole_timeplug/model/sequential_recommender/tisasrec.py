@@ -28,7 +28,7 @@ Equations implemented (d = ``hidden_size``, n = history length, L = ``MAX_ITEM_L
   Final F = LN(X); user representation F at position n-1; score of item i = F . M^I_i.
 * Losses (``loss_type``): ``CE`` over all items (default; the project's common protocol), ``BPR`` and the
   paper's ``BCE`` (-log s(r_pos) - log(1 - s(r_neg)), one uniform negative per sample), plus the paper's
-  L2 on the five embedding tables (``l2_emb`` * sum ||W||^2 / 2, TF's ``l2_regularizer``).
+  L2 on the five embedding tables (``l2_emb`` * sum ||W||^2, the official code's Keras ``l2`` regulariser).
 
 Deviations from the official code, all documented in the README paragraph and the YAML:
 
@@ -53,6 +53,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_timeplug.layers.time_interval import (
+    INTERVAL_ROUNDINGS,
     TIME_SCALES,
     bucketed_interval_attention,
     history_mask,
@@ -145,6 +146,9 @@ class TiSASRec(SequentialRecommender):
         if self.time_scale == "none":
             self.time_unit = check.number("time_unit", "with time_scale: none, the divisor, e.g. 86400 for days", low=0)
         self.interval_dropout = check.one_of("interval_dropout", INTERVAL_DROPOUTS)
+        self.interval_rounding = check.one_of(
+            "interval_rounding", INTERVAL_ROUNDINGS, "floor: the paper's floor(|dt| / r); official: the code's", default="floor"
+        )
         self.layer_norm_eps = check.number("layer_norm_eps", low=0)
         self.initializer = check.one_of("initializer", INITIALIZERS)
         self.initializer_range = config["initializer_range"]
@@ -208,7 +212,7 @@ class TiSASRec(SequentialRecommender):
     def intervals(self, time_seq, item_seq_len, user=None):
         with torch.no_grad():
             divisor = self.time_divisor(time_seq, item_seq_len, user)
-            return interval_matrix(time_seq, item_seq_len, divisor, self.time_span)
+            return interval_matrix(time_seq, item_seq_len, divisor, self.time_span, self.interval_rounding)
 
     def forward(self, item_seq, item_seq_len, time_seq, user=None):
         """Hidden states ``[B, L, d]`` (real positions only are meaningful)."""
@@ -261,7 +265,7 @@ class TiSASRec(SequentialRecommender):
             self.interval_key_embedding,
             self.interval_value_embedding,
         )
-        return self.l2_emb * sum(t.weight.pow(2).sum() for t in tables) / 2
+        return self.l2_emb * sum(t.weight.pow(2).sum() for t in tables)  # Keras l2: lambda * sum w^2, no /2
 
     def calculate_loss(self, interaction):
         rep = self._user_representation(interaction)

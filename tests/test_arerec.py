@@ -163,11 +163,23 @@ def test_count_before_treats_equal_float32_times_as_not_before():
 # ------------------------------------------------------------------------------------ scoring
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"use_attention": False}, {"masked_max": False, "cold_item_bias": False}],
-    ids=["attention", "no-attention", "official-max"],
+    [
+        {},
+        {"use_attention": False},
+        {"masked_max": False, "cold_item_bias": False},
+        # unlimited M: items differ in their number of LCUs, so full ranking cuts blocks narrower than W
+        {"max_neighbors": None},
+        {"max_neighbors": None, "masked_max": False, "eval_item_chunk": 5, "eval_user_chunk": 7},
+        {"max_neighbors": None, "use_attention": False, "masked_max": False, "exclude_self": False},
+    ],
+    ids=["attention", "no-attention", "official-max", "unlimited", "unlimited-official-max-chunked",
+         "unlimited-no-attention-official-max-with-self"],
 )
 def test_factored_and_block_scoring_equal_the_literal_formulation(small, overrides):
     model = _model(small, **overrides)
+    if "max_neighbors" in overrides:  # some items have fewer LCUs than the widest: narrow blocks are exercised
+        n_lcu = model.neighbor_index.lcu_ptr.diff()
+        assert 0 < n_lcu[1:].min() < n_lcu.max() == model.neighbor_index.width
     inter = next(iter(small["train"]))
     user, t_star = inter["user_id"], model.query_time(inter)
     cands = torch.stack([inter["item_id"], inter["neg_item_id"]], 1)
@@ -185,6 +197,25 @@ def test_factored_and_block_scoring_equal_the_literal_formulation(small, overrid
     with torch.no_grad():
         torch.testing.assert_close(model.full_sort_predict(batch), literal)
     assert fast.std() > 1e-3 and fast.unique().numel() > fast.shape[1]  # scores really differ between items
+
+
+def test_official_max_with_negative_ratings_keeps_the_padding_zero_in_narrow_blocks(small):
+    """masked_max False: an item with fewer LCUs than W has padding slots, whose zero wins the max when every
+    neighbour rating is negative; full ranking cuts such items' blocks narrower and must keep that zero."""
+    model = _model(small, max_neighbors=None, use_attention=False, masked_max=False, eval_item_chunk=4)
+    with torch.no_grad():  # p = K_IU x > 0 and q = K_UI e < 0: every neighbour rating is negative
+        for p in (model.user_embedding.weight, model.lcu_item_user.weight, model.lcu_user_item.weight):
+            p.abs_()
+        model.item_embedding.weight.abs_().neg_()
+    model.eval()
+    batch = next(iter(small["test"]))[0]
+    u, t = batch["user_id"], model.query_time(batch)
+    items = torch.arange(model.n_items).expand(u.shape[0], -1)
+    with torch.no_grad():
+        literal = model._score_reference(u, items, t)
+        torch.testing.assert_close(model.full_sort_predict(batch), literal)
+        model.masked_max = True  # the zero really matters for some (user, item)
+        assert not torch.allclose(model._score_reference(u, items, t), literal)
 
 
 def test_chunked_full_sort_equals_unchunked(small):

@@ -45,7 +45,8 @@ slots 1-4, or at evaluation) and is tested against the reference.  ``full_sort_p
 items in blocks of ``eval_item_chunk`` items x ``eval_user_chunk`` users so memory stays bounded
 (O(users x items x W x r) per block); at evaluation with the ``earliest`` window a block's LCU ids and
 neighbour users are the same for every row, and s_m = sum_h a_{m,h} (P * Q)[l_m, h] + (c * Q)[l_m] needs one
-table gather per (item, slot) plus the per-row attention weights (``_full_sort_block``).  The ``recent``
+table gather per (item, slot) plus the per-row attention weights (``_full_sort_fast``; items are visited
+by their number of LCUs, so a block is no wider than its widest item).  The ``recent``
 window has no fixed user per LCU and always uses the literal path (much slower in full ranking; lower the
 chunks or use ``uni100``).
 """
@@ -211,6 +212,10 @@ class ARERec(SequentialRecommender):
             v = torch.where(valid.any(dim=2, keepdim=True), v, torch.zeros_like(v))
         else:  # official: padded slots take part in the max with exact zeros
             v = s.amax(dim=2)
+        return self._score_head(v, items)
+
+    def _score_head(self, v, items):
+        """Step 5: rating vectors v [B, C, r] of the candidates ``items`` [B, C] (or [1, C]) -> scores [B, C]."""
         score = self.fc(self.dropouts[8](v)).squeeze(-1)
         if self.cold_item_bias:
             score = score + self.item_bias(items).squeeze(-1)
@@ -314,33 +319,26 @@ class ARERec(SequentialRecommender):
         return self.forward(user, items, self.query_time(interaction)).squeeze(1)
 
     def full_sort_predict(self, interaction):
-        """Scores [B, n_items], computed in blocks of ``eval_user_chunk`` x ``eval_item_chunk``."""
+        """Scores [B, n_items], computed in blocks of at most ``eval_user_chunk`` x ``eval_item_chunk``."""
         user = interaction[self.USER_ID]
         query_time = self.query_time(interaction)
         B, N = user.shape[0], self.n_items
         row_step = self.eval_user_chunk or B
         item_step = self.eval_item_chunk or N
-        all_items = torch.arange(N, device=user.device)
         scores = torch.empty(B, N, device=user.device)
         # Evaluation with the `earliest` window: per-LCU tables once per call, candidate blocks shared by
-        # all rows (_full_sort_block).  Otherwise (recent window, or called in training mode) the general path.
-        fast = self._factored_ok() and not self.training
-        if fast:
-            tables = self._rating_tables()
-            keys_all = None
-            if self.use_attention:
-                H = self.n_heads
-                keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, self.embedding_size // H)
+        # all rows (_full_sort_fast).  Otherwise (recent window, or called in training mode) the general path.
+        if self._factored_ok() and not self.training:
+            self._full_sort_fast(user, query_time, scores, row_step, item_step)
+            return scores
+        all_items = torch.arange(N, device=user.device)
         for r0 in range(0, B, row_step):
             rows = slice(r0, min(r0 + row_step, B))
             u, t = user[rows], query_time[rows]
             for c0 in range(0, N, item_step):
                 cols = slice(c0, min(c0 + item_step, N))
-                if fast:
-                    scores[rows, cols] = self._full_sort_block(u, t, all_items[cols], tables, keys_all)
-                else:
-                    items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
-                    scores[rows, cols] = self.forward(u, items, t)
+                items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
+                scores[rows, cols] = self.forward(u, items, t)
         return scores
 
     def _rating_tables(self):
@@ -351,35 +349,77 @@ class ARERec(SequentialRecommender):
             return P * Q.unsqueeze(1), c * Q
         return P * Q, None
 
-    def _full_sort_block(self, user, query_time, items, tables, keys_all):
-        """Scores [B, C] of the candidate block ``items`` [C] (earliest window, eval mode).
+    def _full_sort_fast(self, user, query_time, scores, row_step, item_step):
+        """Fills ``scores`` [B, n_items] (earliest window, eval mode); equal to ``forward`` on every item.
 
         Same neighbours as ``NeighborIndex.lookup``: the slot p of item j is LCU 1 + lcu_ptr[j] + p, whose
-        user is fixed, so the [C, W] LCU/user blocks are shared by all rows; only the time filter p < c(j, t*),
-        the self-exclusion and the attention weights depend on the row.
+        user is fixed, so an item block's [C, W] LCU/user ids are shared by all rows; only the time filter
+        p < c(j, t*), the self-exclusion and the attention weights depend on the row.  Work is cut by:
+
+        * the per-LCU tables (``_rating_tables``), the keys of all users and, per row chunk, the query-user
+          logit table [H, B, U] are computed once, not per item block;
+        * items are visited sorted by their number of LCUs min(n_j, M), so a block is only as wide as its
+          widest item (slots p >= min(n_j, M) never hold a neighbour; with ``masked_max: False`` such a
+          padding slot takes part in the max with 0, which a clamp at 0 restores);
+        * the neighbour ratings are laid out [r, B, C, W] (the pooled slot axis last and contiguous) and
+          built with in-place multiply-adds, one pass per head.
         """
         index = self.neighbor_index
-        R, R0 = tables
-        B, C, W = user.shape[0], items.shape[0], index.width
-        slot = torch.arange(W, device=items.device)
-        start = index.lcu_ptr[items].unsqueeze(-1)
-        exists = slot < (index.lcu_ptr[items + 1].unsqueeze(-1) - start)  # p < min(n_j, M)
-        lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [C, W]
-        nbr = index.lcu_user[lcu]  # [C, W]
-        count = index.count_before(items.unsqueeze(0).expand(B, -1), query_time)  # [B, C]
-        valid = slot < count.unsqueeze(-1)  # p < c(j, t*)  (c <= n_j and p < W <= M imply exists)
-        if index.exclude_self:
-            valid = valid & (nbr.unsqueeze(0) != user.view(B, 1, 1))
-        if self.use_attention:
-            H = self.n_heads
+        R, R0 = self._rating_tables()
+        attention = self.use_attention
+        H = self.n_heads
+        if attention:
+            RT = R.permute(1, 2, 0).contiguous()  # [H, r, S]
+            R0T = R0.t().contiguous()  # [r, S]
             dh = self.embedding_size // H
-            q = self.w_q(self.user_embedding(user)).view(B, H, dh)
-            table = torch.einsum("bhk,uhk->buh", q, keys_all) / math.sqrt(dh)  # [B, U, H]
-            a = self._attention_weights(table[:, nbr], valid)  # [B, C, W, H]
-            R_blk = R[lcu]  # [C, W, H, r], shared by all rows
-            s = R0[lcu].unsqueeze(0)
-            for h in range(H):  # H is small: broadcast multiply-adds beat a batched matmul of 2x7 blocks
-                s = s + a[..., h : h + 1] * R_blk[:, :, h]
+            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
         else:
-            s = R[lcu].unsqueeze(0).expand(B, -1, -1, -1)
-        return self._pool_and_score(s, valid, items)
+            RT = R.t().contiguous()  # [r, S]
+        B, N = scores.shape
+        full_width = index.width
+        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M) per item
+        order = torch.argsort(n_lcu, stable=True)
+        widths = n_lcu[order].tolist()
+        slot_all = torch.arange(full_width, device=user.device)
+        for r0 in range(0, B, row_step):
+            rows = slice(r0, min(r0 + row_step, B))
+            u, t = user[rows], query_time[rows]
+            b = u.shape[0]
+            if attention:
+                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
+                table = torch.einsum("bhk,uhk->hbu", q, keys_all) / math.sqrt(dh)  # [H, b, U]
+            for c0 in range(0, N, item_step):
+                c1 = min(c0 + item_step, N)
+                items = order[c0:c1]
+                C, W = c1 - c0, max(widths[c1 - 1], 1)  # sorted: the last item is the widest
+                slot = slot_all[:W]
+                start = index.lcu_ptr[items].unsqueeze(-1)
+                exists = slot < n_lcu[items].unsqueeze(-1)  # p < min(n_j, M)
+                lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [C, W]
+                nbr = index.lcu_user[lcu]  # [C, W]
+                count = index.count_before(items.unsqueeze(0).expand(b, -1), t)  # [b, C]
+                valid = slot < count.unsqueeze(-1)  # p < c(j, t*)  (c <= n_j and p < W <= M imply exists)
+                if index.exclude_self:
+                    valid = valid & (nbr.unsqueeze(0) != u.view(b, 1, 1))
+                invalid = ~valid  # [b, C, W]
+                if attention:
+                    logits = table[:, :, nbr]  # [H, b, C, W]
+                    a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=-1)
+                    R_blk = RT[:, :, lcu]  # [H, r, C, W], shared by all rows
+                    s = torch.addcmul(R0T[:, lcu].unsqueeze(1), a[0], R_blk[0].unsqueeze(1))  # [r, b, C, W]
+                    for h in range(1, H):
+                        s.addcmul_(a[h], R_blk[h].unsqueeze(1))
+                else:
+                    s = RT[:, lcu].unsqueeze(1).expand(-1, b, -1, -1)
+                v = self._max_pool_last(s, invalid, pad=W < full_width)  # [r, b, C]
+                scores[rows, items] = self._score_head(v.permute(1, 2, 0), items.unsqueeze(0))
+
+    def _max_pool_last(self, s, invalid, pad):
+        """Step 4 over the last axis of s [r, B, C, W] with the empty slots ``invalid`` [B, C, W] -> [r, B, C].
+
+        ``pad``: the block was cut narrower than the index's width, so every item had padding slots there."""
+        if self.masked_max:
+            v = s.masked_fill(invalid, float("-inf")).amax(dim=-1)
+            return torch.where(invalid.all(dim=-1), torch.zeros_like(v), v)
+        v = s.masked_fill(invalid, 0.0).amax(dim=-1)  # official: padded slots take part with exact zeros
+        return v.clamp_min(0.0) if pad else v

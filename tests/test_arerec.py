@@ -269,6 +269,100 @@ def test_dropout_slots_switch_to_the_literal_path_and_regularisers_add_up(small)
     assert model._factored_ok()
 
 
+# ------------------------------------------------------------------------------------ optimizer variants
+def _steps(model, optimizer, batches):
+    model.train()
+    for inter in batches:
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(inter).backward()
+        optimizer.step()
+
+
+def _batches(small, n):
+    return [inter for _, inter in zip(range(n), small["train"])]
+
+
+def test_dense_adam_variant_gives_bitwise_the_updates_of_recboles_adam(small):
+    """adam_variant dense (default): multi-tensor kernels, the very same numbers as RecBole's torch Adam."""
+    ours, recbole = _model(small), _model(small)
+    batches = _batches(small, 3)
+    _steps(ours, ours.build_optimizer(0.01), batches)
+    _steps(recbole, torch.optim.Adam(recbole.parameters(), lr=0.01), batches)
+    for (name, a), b in zip(ours.named_parameters(), recbole.parameters()):
+        assert torch.equal(a, b), name
+    reference = _model(small)
+    moved = any(not torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+    assert moved
+
+
+def test_fused_adam_variant_is_adam_up_to_rounding(small):
+    """Compared on what the model computes: Adam turns rounding noise in directions without gradient (e.g. the key
+    bias, which the softmax ignores) into lr-sized moves, so such parameters are not comparable element-wise."""
+    ours, recbole = _model(small, adam_variant="fused"), _model(small)
+    ours_opt, recbole_opt = ours.build_optimizer(0.01), torch.optim.Adam(recbole.parameters(), lr=0.01)
+    for inter in _batches(small, 3):
+        losses = []
+        for model, opt in ((ours, ours_opt), (recbole, recbole_opt)):
+            opt.zero_grad(set_to_none=True)
+            loss = model.calculate_loss(inter)
+            loss.backward()
+            opt.step()
+            losses.append(loss)
+        torch.testing.assert_close(*losses)
+    batch = next(iter(small["test"]))[0]
+    with torch.no_grad():
+        a, b = ours.eval().full_sort_predict(batch), recbole.eval().full_sort_predict(batch)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(ours.lcu_item_user.weight, _model(small).lcu_item_user.weight)  # it did train
+
+
+def test_lazy_adam_variant_steps_only_the_touched_lcu_rows(small):
+    """adam_variant lazy: sparse LCU gradients + SparseAdam.  Rows a batch does not touch stay put, unlike
+    dense Adam, which keeps moving every row with non-zero moments."""
+    lazy, dense = _model(small, adam_variant="lazy"), _model(small)
+    first, second = _batches(small, 2)
+    lazy.train(), dense.train()
+    torch.testing.assert_close(lazy.calculate_loss(first), dense.calculate_loss(first))  # same forward
+    lazy_opt, dense_opt = lazy.build_optimizer(0.01), dense.build_optimizer(0.01)
+    _steps(lazy, lazy_opt, [first])
+    _steps(dense, dense_opt, [first])
+    assert lazy.lcu_item_user.weight.grad.is_sparse and not dense.lcu_item_user.weight.grad.is_sparse
+    before = lazy.lcu_item_user.weight.detach().clone()
+    dense_before = dense.lcu_item_user.weight.detach().clone()
+    _steps(lazy, lazy_opt, [second])
+    _steps(dense, dense_opt, [second])
+    touched = torch.zeros(before.shape[0], dtype=torch.bool)
+    touched[lazy.lcu_item_user.weight.grad.coalesce().indices()[0]] = True
+    assert touched.any() and not touched.all()
+    after = lazy.lcu_item_user.weight.detach()
+    assert torch.equal(after[~touched], before[~touched]) and not torch.equal(after[touched], before[touched])
+    moved = dense.lcu_item_user.weight.detach() - dense_before
+    assert moved[~touched].abs().max() > 1e-4  # dense Adam keeps moving rows touched only in step 1
+    # one state dict for both optimizers (checkpoints, resume)
+    state = lazy_opt.state_dict()
+    fresh = lazy.build_optimizer(0.01)
+    fresh.load_state_dict(state)
+    assert fresh.state_dict()["sparse"]["state"].keys() == state["sparse"]["state"].keys()
+
+
+def test_arerec_trainer_builds_the_adam_variant(small, tmp_path):
+    from recbole_timeplug.model.sequential_recommender.arerec import OptimizerPair
+    from recbole_timeplug.registry import get_trainer
+
+    config = small["config"]
+    saved = config["checkpoint_dir"]
+    config["checkpoint_dir"] = str(tmp_path)
+    try:
+        for variant, kind in (("lazy", OptimizerPair), ("dense", torch.optim.Adam)):
+            model = _model(small, adam_variant=variant)
+            trainer = get_trainer(config["MODEL_TYPE"], "ARERec")(config, model)
+            assert isinstance(trainer.optimizer, kind)
+            if variant == "dense":
+                assert trainer.optimizer.param_groups[0]["foreach"] is True
+    finally:
+        config["checkpoint_dir"] = saved
+
+
 @pytest.mark.parametrize(
     "key, value, match",
     [
@@ -279,11 +373,18 @@ def test_dropout_slots_switch_to_the_literal_path_and_regularisers_add_up(small)
         ("reg_weights", [0, 0, -1, 0, 0], "reg_weights"),
         ("eval_item_chunk", 1.5, "eval_item_chunk"),
         ("loss_type", "CE", "loss_type"),
+        ("adam_variant", "sparse", "adam_variant"),
     ],
 )
 def test_bad_config_values_name_the_key(small, key, value, match):
     with pytest.raises(TimeplugError, match=match):
         _model(small, **{key: value})
+
+
+@pytest.mark.parametrize("key, value", [("weight_decay", 0.01), ("clip_grad_norm", {"max_norm": 5}), ("learner", "sgd")])
+def test_lazy_adam_variant_rejects_what_sparse_adam_cannot_do(small, key, value):
+    with pytest.raises(TimeplugError, match="adam_variant"):
+        _model(small, adam_variant="lazy", **{key: value})
 
 
 # ------------------------------------------------------------------------------------ end to end

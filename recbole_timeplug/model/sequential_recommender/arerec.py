@@ -74,6 +74,8 @@ DROPOUT_SLOTS = (
 )
 REG_SLOTS = ("q", "k", "v", "concat", "fc")
 TIME_REFS = ("target", "last_history")
+# the Adam that ARERecTrainer builds (ARERec.yaml `adam_variant`; ARERec.build_optimizer)
+ADAM_VARIANTS = ("dense", "fused", "lazy")
 # slots whose official dropout mask differs per (sample, neighbour) on d-dim inputs of the LCU products:
 # with any of them active in training, the factored path cannot reproduce them -> reference path.
 _PER_SLOT_DROPOUT = (1, 2, 3, 4)
@@ -119,6 +121,15 @@ class ARERec(SequentialRecommender):
             f"(official with --use_regularizer: [0.001, 0.001, 0.001, 0.001, 0.001])",
             default=[0.0] * len(REG_SLOTS),
         )
+        self.adam_variant = check.one_of(
+            "adam_variant", ADAM_VARIANTS, "dense = Adam over dense gradients as the official code, fused = the same "
+            "in one fused kernel, lazy = sparse LCU gradients with SparseAdam", default="dense")
+        if self.adam_variant != "dense" and str(config["learner"]).lower() != "adam":
+            raise check.error("adam_variant", self.adam_variant, f"it needs learner: adam (got {config['learner']!r})")
+        if self.adam_variant == "lazy":
+            for key in ("weight_decay", "clip_grad_norm"):  # SparseAdam has no weight decay; no norm of sparse grads
+                if config[key]:
+                    raise check.error("adam_variant", "lazy", f"it cannot be combined with {key} = {config[key]!r}")
         self.dropout_probs = [float(p) for p in dropout_probs]
         self.reg_weights = [float(w) for w in reg_weights]
 
@@ -135,8 +146,10 @@ class ARERec(SequentialRecommender):
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
         # K_UI / K_IU: one r x d matrix per LCU id (row 0 = padding), stored flat for embedding lookups.
-        self.lcu_user_item = nn.Embedding(self.neighbor_index.num_lcu, r * d)
-        self.lcu_item_user = nn.Embedding(self.neighbor_index.num_lcu, r * d)
+        # adam_variant lazy: sparse gradients (only the rows a batch touches), stepped by SparseAdam
+        sparse = self.adam_variant == "lazy"
+        self.lcu_user_item = nn.Embedding(self.neighbor_index.num_lcu, r * d, sparse=sparse)
+        self.lcu_item_user = nn.Embedding(self.neighbor_index.num_lcu, r * d, sparse=sparse)
         if self.use_attention:
             self.w_q = nn.Linear(d, d)
             self.w_k = nn.Linear(d, d)
@@ -253,8 +266,8 @@ class ARERec(SequentialRecommender):
         """Scores [B, C] via per-LCU tables (see module docstring); equal to ``_score_reference``."""
         nbr, lcu, _ = self.neighbor_index.lookup(user, items, query_time)
         valid = lcu > 0
-        if lcu.numel() < self.neighbor_index.num_lcu:
-            # few slots (sampled evaluation, big tables): only the LCUs this batch touches
+        if lcu.numel() < self.neighbor_index.num_lcu or (self.adam_variant == "lazy" and torch.is_grad_enabled()):
+            # few slots (sampled evaluation, big tables), or sparse LCU gradients: only the LCUs this batch touches
             ids, local = torch.unique(lcu, return_inverse=True)
             P, c, Q = self._lcu_tables(ids)
         else:  # the batch touches about every LCU: whole tables, no gather/scatter of r x d matrices
@@ -293,6 +306,27 @@ class ARERec(SequentialRecommender):
         return self._head(p, q, valid, items)
 
     # ------------------------------------------------------------------------------------ API
+    def build_optimizer(self, learning_rate, weight_decay=0.0):
+        """The Adam of ``adam_variant`` (built by ``ARERecTrainer`` when ``learner`` is adam).
+
+        * ``dense``: ``torch.optim.Adam`` over dense gradients, as RecBole builds it, with the multi-tensor
+          (``foreach``) kernels: bitwise the same updates as RecBole's single-tensor default, in fewer passes;
+        * ``fused``: the fused Adam kernel: the same algorithm, rounding may differ in the last bit;
+        * ``lazy``: the LCU tables (almost all parameters) get sparse gradients and ``torch.optim.SparseAdam``
+          (rows a batch does not touch keep their moments and do not move: *not* the official Keras Adam, whose
+          moments decay and whose rows keep moving every step); every other parameter dense Adam.
+        """
+        if self.adam_variant == "lazy":
+            sparse = [self.lcu_user_item.weight, self.lcu_item_user.weight]
+            dense = [p for p in self.parameters() if all(p is not q for q in sparse)]
+            return OptimizerPair(
+                torch.optim.Adam(dense, lr=learning_rate, weight_decay=weight_decay, foreach=True),
+                torch.optim.SparseAdam(sparse, lr=learning_rate),
+            )
+        fused = self.adam_variant == "fused"
+        return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay,
+                                foreach=None if fused else True, fused=fused or None)
+
     def forward(self, user, items, query_time):
         """Scores [B, C] of candidate ``items`` [B, C] for ``user`` [B] at ``query_time`` [B]."""
         if self._factored_ok():
@@ -423,3 +457,31 @@ class ARERec(SequentialRecommender):
             return torch.where(invalid.all(dim=-1), torch.zeros_like(v), v)
         v = s.masked_fill(invalid, 0.0).amax(dim=-1)  # official: padded slots take part with exact zeros
         return v.clamp_min(0.0) if pad else v
+
+
+class OptimizerPair:
+    """Two optimizers over disjoint parameters that step together, with one state dict (``adam_variant: lazy``)."""
+
+    def __init__(self, dense, sparse):
+        self.optimizers = (dense, sparse)
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def state_dict(self):
+        return {"dense": self.optimizers[0].state_dict(), "sparse": self.optimizers[1].state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizers[0].load_state_dict(state["dense"])
+        self.optimizers[1].load_state_dict(state["sparse"])

@@ -436,26 +436,31 @@ class ARERec(SequentialRecommender):
                 if index.exclude_self:
                     valid = valid & (nbr.unsqueeze(0) != u.view(b, 1, 1))
                 invalid = ~valid  # [b, C, W]
+                # neighbour ratings s [r, b, C, W]; masked_max: empty slots start at -inf (a finite rating added
+                # to -inf stays -inf), official max: they are set to exact zeros once s is complete
+                base = (R0T if attention else RT)[:, lcu].unsqueeze(1)  # [r, 1, C, W], shared by all rows
+                if self.masked_max:
+                    s = base + torch.zeros(b, C, W, device=base.device).masked_fill_(invalid, float("-inf"))
+                else:
+                    s = base.repeat(1, b, 1, 1)
                 if attention:
-                    logits = table[:, :, nbr]  # [H, b, C, W]
+                    logits = torch.index_select(table, 2, nbr.flatten()).view(H, b, C, W)
                     a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=-1)
                     R_blk = RT[:, :, lcu]  # [H, r, C, W], shared by all rows
-                    s = torch.addcmul(R0T[:, lcu].unsqueeze(1), a[0], R_blk[0].unsqueeze(1))  # [r, b, C, W]
-                    for h in range(1, H):
+                    for h in range(H):  # H is small: in-place multiply-adds beat a batched matmul of H x r blocks
                         s.addcmul_(a[h], R_blk[h].unsqueeze(1))
-                else:
-                    s = RT[:, lcu].unsqueeze(1).expand(-1, b, -1, -1)
                 v = self._max_pool_last(s, invalid, pad=W < full_width)  # [r, b, C]
                 scores[rows, items] = self._score_head(v.permute(1, 2, 0), items.unsqueeze(0))
 
     def _max_pool_last(self, s, invalid, pad):
-        """Step 4 over the last axis of s [r, B, C, W] with the empty slots ``invalid`` [B, C, W] -> [r, B, C].
+        """Step 4 over the last axis of s [r, B, C, W] -> [r, B, C]; with ``masked_max`` the empty slots
+        ``invalid`` [B, C, W] already hold -inf, otherwise they are zeroed here (in place).
 
         ``pad``: the block was cut narrower than the index's width, so every item had padding slots there."""
         if self.masked_max:
-            v = s.masked_fill(invalid, float("-inf")).amax(dim=-1)
+            v = s.amax(dim=-1)
             return torch.where(invalid.all(dim=-1), torch.zeros_like(v), v)
-        v = s.masked_fill(invalid, 0.0).amax(dim=-1)  # official: padded slots take part with exact zeros
+        v = s.masked_fill_(invalid, 0.0).amax(dim=-1)  # official: padded slots take part with exact zeros
         return v.clamp_min(0.0) if pad else v
 
 

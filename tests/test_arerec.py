@@ -388,11 +388,14 @@ def test_lazy_adam_variant_rejects_what_sparse_adam_cannot_do(small, key, value)
 
 
 # ------------------------------------------------------------------------------------ end to end
-def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config):
-    """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly."""
+@pytest.mark.parametrize("adam_variant", ["dense", "lazy"])
+def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config, adam_variant):
+    """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly (also with the
+    two optimizers of adam_variant lazy in one state dict)."""
     from recbole_timeplug.quick_start import run_recbole
 
-    config = dict(tiny_config, model="ARERec", embedding_size=8, region_size=3, max_neighbors=6, train_batch_size=128)
+    config = dict(tiny_config, model="ARERec", embedding_size=8, region_size=3, max_neighbors=6, train_batch_size=128,
+                  adam_variant=adam_variant)
     whole = run_recbole(config_dict=dict(config, epochs=2))
     first = run_recbole(config_dict=dict(config, epochs=1))
     resumed = run_recbole(config_dict=dict(config, epochs=2, checkpoint_path=first["last_model_file"]))

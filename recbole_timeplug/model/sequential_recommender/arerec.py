@@ -49,6 +49,11 @@ table gather per (item, slot) plus the per-row attention weights (``_full_sort_f
 by their number of LCUs, so a block is no wider than its widest item).  The ``recent``
 window has no fixed user per LCU and always uses the literal path (much slower in full ranking; lower the
 chunks or use ``uni100``).
+
+Optimizer.  The two LCU tables hold almost all parameters, and Adam over dense gradients updates every row
+every step; ``adam_variant`` (``build_optimizer``, used by ``ARERecTrainer``) picks ``dense`` (default, the
+official behaviour, bitwise RecBole's Adam), ``fused`` (same Adam, fused kernel) or ``lazy`` (sparse LCU
+gradients + SparseAdam: a different optimiser, much faster at small batches).
 """
 
 import math

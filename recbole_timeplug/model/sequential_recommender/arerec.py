@@ -62,6 +62,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
+from torch.optim.optimizer import _get_scalar_dtype
 
 from recbole_timeplug.layers.neighbor_index import WINDOWS, NeighborIndex
 from recbole_timeplug.validation import ConfigChecks, is_number
@@ -314,8 +315,8 @@ class ARERec(SequentialRecommender):
     def build_optimizer(self, learning_rate, weight_decay=0.0):
         """The Adam of ``adam_variant`` (built by ``ARERecTrainer`` when ``learner`` is adam).
 
-        * ``dense``: ``torch.optim.Adam`` over dense gradients, as RecBole builds it, with the multi-tensor
-          (``foreach``) kernels: bitwise the same updates as RecBole's single-tensor default, in fewer passes;
+        * ``dense``: Adam over dense gradients, as RecBole builds it (``BufferedAdam``: bitwise the same updates
+          as torch's default single-tensor Adam, without allocating two table-sized temporaries per step);
         * ``fused``: the fused Adam kernel: the same algorithm, rounding may differ in the last bit;
         * ``lazy``: the LCU tables (almost all parameters) get sparse gradients and ``torch.optim.SparseAdam``
           (rows a batch does not touch keep their moments and do not move: *not* the official Keras Adam, whose
@@ -328,9 +329,9 @@ class ARERec(SequentialRecommender):
                 torch.optim.Adam(dense, lr=learning_rate, weight_decay=weight_decay, foreach=True),
                 torch.optim.SparseAdam(sparse, lr=learning_rate),
             )
-        fused = self.adam_variant == "fused"
-        return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay,
-                                foreach=None if fused else True, fused=fused or None)
+        if self.adam_variant == "fused":
+            return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
+        return BufferedAdam(self.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     def forward(self, user, items, query_time):
         """Scores [B, C] of candidate ``items`` [B, C] for ``user`` [B] at ``query_time`` [B]."""
@@ -495,3 +496,59 @@ class OptimizerPair:
     def load_state_dict(self, state):
         self.optimizers[0].load_state_dict(state["dense"])
         self.optimizers[1].load_state_dict(state["sparse"])
+
+
+class BufferedAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` whose default update (torch's single-tensor code path, op for op) writes its
+    temporary ``sqrt(v) / sqrt(1 - beta2^t) + eps`` into a persistent buffer per parameter: bitwise the same
+    updates and the same ``state_dict``, but no fresh tensors the size of each LCU table (20 M floats on
+    ml-100k) to allocate and page in every step.  Other options (amsgrad, maximize, capturable, sparse or
+    complex gradients, ...) take torch's own ``step``."""
+
+    def _plain(self):
+        return all(
+            not (g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"] or g.get("fused")
+                 or g.get("decoupled_weight_decay", False))
+            and not isinstance(g["lr"], torch.Tensor)
+            for g in self.param_groups
+        ) and all(
+            p.grad is None or not (p.grad.is_sparse or torch.is_complex(p))
+            for g in self.param_groups for p in g["params"]
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self._plain():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        buffers = self.__dict__.setdefault("_denominators", {})
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                state = self.state[param]
+                if len(state) == 0:  # as torch.optim.Adam._init_group (not capturable, not fused)
+                    state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                step_t += 1
+                if weight_decay != 0:
+                    grad = grad.add(param, alpha=weight_decay)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = step_t.item()
+                step_size = lr / (1 - beta1**step)
+                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+                denom = buffers.get(id(param))
+                if denom is None or denom.shape != param.shape or denom.dtype != param.dtype:
+                    denom = buffers[id(param)] = torch.empty_like(exp_avg_sq)
+                torch.sqrt(exp_avg_sq, out=denom).div_(bias_correction2_sqrt).add_(eps)
+                param.addcdiv_(exp_avg, denom, value=-step_size)
+        return loss

@@ -17,12 +17,17 @@ Also ``--profile`` prints a torch.profiler table of one ARERec training step and
 """
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHECKPOINT_DIR = tempfile.mkdtemp(prefix="arerec_speed_")  # trainers reserve file names there; removed at exit
+atexit.register(shutil.rmtree, CHECKPOINT_DIR, True)
 
 
 def parse_value(text):
@@ -39,7 +44,7 @@ def build(model_name, length, batch_size, overrides):
     from recbole_timeplug.registry import get_model, get_trainer
 
     config_dict = {"state": "ERROR", "MAX_ITEM_LIST_LENGTH": length, "train_batch_size": batch_size,
-                   "show_progress": False, "device": "cpu", "use_gpu": False, "checkpoint_dir": "/tmp/arerec_speed"}
+                   "show_progress": False, "device": "cpu", "use_gpu": False, "checkpoint_dir": CHECKPOINT_DIR}
     config_dict.update(overrides)
     config = Config(model=model_name, dataset="ml-100k",
                     config_file_list=[os.path.join(REPO, "configs", "ml-100k_results.yaml")], config_dict=config_dict)

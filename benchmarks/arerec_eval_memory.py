@@ -26,6 +26,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETTINGS = [  # (label, eval_item_chunk, eval_user_chunk); None = no chunking
     ("unchunked", None, None),
+    ("items 32 x users 256", 32, 256),  # ARERec.yaml's defaults
     ("items 512 x users 128", 512, 128),
     ("items 128 x users 64", 128, 64),
 ]

@@ -12,7 +12,8 @@ included) at every L, so the ratios do not depend on the machine's load at anoth
   with increasing timestamps), so the cost at L is the cost of an L-long history. A model whose
   constructor needs RecBole's augmented training set (ARERec, FEARec) is built on it instead
   (``data_preparation`` at that L; memory ~ rows x L x 12 bytes), as ``run_recbole`` would.
-* Training step: ``calculate_loss`` + backward + Adam step on one batch of ``--batch_size`` sequences
+* Training step: ``calculate_loss`` + backward + Adam step (lr 1e-3; a model's own ``build_optimizer`` when it
+  has one, e.g. ARERec's ``adam_variant``) on one batch of ``--batch_size`` sequences
   (after the batch transform the model's config names, e.g. BERT4Rec's masking); median over ``--steps``
   timed steps after ``--warmup``.
 * Evaluation: ``full_sort_predict`` (scores for all items) under ``torch.no_grad``; users/s over
@@ -234,7 +235,9 @@ def measure(model_name, length, args, dataset, data_path, name, device, cache=No
             row["built_on"] = "augmented training set"
         model = model.to(device)
         row["params"] = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        # a model that builds its own optimizer (ARERec's `adam_variant`) gets it, as its trainer would
+        optimizer = (model.build_optimizer(1e-3) if hasattr(model, "build_optimizer")
+                     else torch.optim.Adam(model.parameters(), lr=1e-3))
         gen = torch.Generator().manual_seed(args.seed + length)
         with_neg = _uses_negatives(config)
         train_batch = transform(dataset, make_batch(config, dataset, args.batch_size, length, gen, "cpu", with_neg))

@@ -307,6 +307,17 @@ Trainer = safe_trainer(RecBoleTrainer)
 
 
 
+# -------------------------------------------------------------------------------- ARERec
+class ARERecTrainer(Trainer):
+    """ARERec: with ``learner: adam`` the optimizer is the Adam variant of ``adam_variant`` (``ARERec.build_optimizer``)."""
+
+    def _build_optimizer(self, **kwargs):
+        model = getattr(self.model, "module", self.model)  # DDP wraps the model
+        if not kwargs and str(self.learner).lower() == "adam" and hasattr(model, "build_optimizer"):
+            return model.build_optimizer(self.learning_rate, self.weight_decay)
+        return super()._build_optimizer(**kwargs)
+
+
 # -------------------------------------------------------------------------------- TiMiRec
 class TiMiRecPretrainStageTrainer(Trainer):
     """Stage one of ``stage: both``: an ordinary safe trainer whose checkpoint files end in ``-pretrain``."""

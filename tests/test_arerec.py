@@ -3,6 +3,7 @@ chunked scoring (vs the literal per-neighbour formulation), config errors, and a
 test-only evaluation and resume."""
 
 import collections
+import copy
 import re
 
 import numpy as np
@@ -163,11 +164,23 @@ def test_count_before_treats_equal_float32_times_as_not_before():
 # ------------------------------------------------------------------------------------ scoring
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"use_attention": False}, {"masked_max": False, "cold_item_bias": False}],
-    ids=["attention", "no-attention", "official-max"],
+    [
+        {},
+        {"use_attention": False},
+        {"masked_max": False, "cold_item_bias": False},
+        # unlimited M: items differ in their number of LCUs, so full ranking cuts blocks narrower than W
+        {"max_neighbors": None},
+        {"max_neighbors": None, "masked_max": False, "eval_item_chunk": 5, "eval_user_chunk": 7},
+        {"max_neighbors": None, "use_attention": False, "masked_max": False, "exclude_self": False},
+    ],
+    ids=["attention", "no-attention", "official-max", "unlimited", "unlimited-official-max-chunked",
+         "unlimited-no-attention-official-max-with-self"],
 )
 def test_factored_and_block_scoring_equal_the_literal_formulation(small, overrides):
     model = _model(small, **overrides)
+    if "max_neighbors" in overrides:  # some items have fewer LCUs than the widest: narrow blocks are exercised
+        n_lcu = model.neighbor_index.lcu_ptr.diff()
+        assert 0 < n_lcu[1:].min() < n_lcu.max() == model.neighbor_index.width
     inter = next(iter(small["train"]))
     user, t_star = inter["user_id"], model.query_time(inter)
     cands = torch.stack([inter["item_id"], inter["neg_item_id"]], 1)
@@ -185,6 +198,25 @@ def test_factored_and_block_scoring_equal_the_literal_formulation(small, overrid
     with torch.no_grad():
         torch.testing.assert_close(model.full_sort_predict(batch), literal)
     assert fast.std() > 1e-3 and fast.unique().numel() > fast.shape[1]  # scores really differ between items
+
+
+def test_official_max_with_negative_ratings_keeps_the_padding_zero_in_narrow_blocks(small):
+    """masked_max False: an item with fewer LCUs than W has padding slots, whose zero wins the max when every
+    neighbour rating is negative; full ranking cuts such items' blocks narrower and must keep that zero."""
+    model = _model(small, max_neighbors=None, use_attention=False, masked_max=False, eval_item_chunk=4)
+    with torch.no_grad():  # p = K_IU x > 0 and q = K_UI e < 0: every neighbour rating is negative
+        for p in (model.user_embedding.weight, model.lcu_item_user.weight, model.lcu_user_item.weight):
+            p.abs_()
+        model.item_embedding.weight.abs_().neg_()
+    model.eval()
+    batch = next(iter(small["test"]))[0]
+    u, t = batch["user_id"], model.query_time(batch)
+    items = torch.arange(model.n_items).expand(u.shape[0], -1)
+    with torch.no_grad():
+        literal = model._score_reference(u, items, t)
+        torch.testing.assert_close(model.full_sort_predict(batch), literal)
+        model.masked_max = True  # the zero really matters for some (user, item)
+        assert not torch.allclose(model._score_reference(u, items, t), literal)
 
 
 def test_chunked_full_sort_equals_unchunked(small):
@@ -238,6 +270,114 @@ def test_dropout_slots_switch_to_the_literal_path_and_regularisers_add_up(small)
     assert model._factored_ok()
 
 
+# ------------------------------------------------------------------------------------ optimizer variants
+def _steps(model, optimizer, batches):
+    model.train()
+    for inter in batches:
+        optimizer.zero_grad(set_to_none=True)
+        model.calculate_loss(inter).backward()
+        optimizer.step()
+
+
+def _batches(small, n):
+    return [inter for _, inter in zip(range(n), small["train"])]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_dense_adam_variant_gives_bitwise_the_updates_of_recboles_adam(small, weight_decay):
+    """adam_variant dense (default): BufferedAdam, the very same numbers and state as RecBole's torch Adam."""
+    from recbole_timeplug.model.sequential_recommender.arerec import BufferedAdam
+
+    ours, recbole = _model(small), _model(small)
+    batches = _batches(small, 3)
+    ours_opt = ours.build_optimizer(0.01, weight_decay)
+    assert isinstance(ours_opt, BufferedAdam)
+    recbole_opt = torch.optim.Adam(recbole.parameters(), lr=0.01, weight_decay=weight_decay)
+    _steps(ours, ours_opt, batches)
+    _steps(recbole, recbole_opt, batches)
+    ours_state, recbole_state = ours_opt.state_dict(), recbole_opt.state_dict()
+    assert ours_state["param_groups"] == recbole_state["param_groups"]
+    for key, value in recbole_state["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(ours_state["state"][key][name], tensor) and ours_state["state"][key][name].dtype == tensor.dtype
+    # a state dict of torch's Adam (an older checkpoint) continues bitwise too
+    ours_opt.load_state_dict(copy.deepcopy(recbole_state))
+    _steps(ours, ours_opt, batches[:1])
+    _steps(recbole, recbole_opt, batches[:1])
+    for (name, a), b in zip(ours.named_parameters(), recbole.parameters()):
+        assert torch.equal(a, b), name
+    reference = _model(small)
+    moved = any(not torch.equal(a, b) for a, b in zip(ours.parameters(), reference.parameters()))
+    assert moved
+
+
+def test_fused_adam_variant_is_adam_up_to_rounding(small):
+    """Compared on what the model computes: Adam turns rounding noise in directions without gradient (e.g. the key
+    bias, which the softmax ignores) into lr-sized moves, so such parameters are not comparable element-wise."""
+    ours, recbole = _model(small, adam_variant="fused"), _model(small)
+    ours_opt, recbole_opt = ours.build_optimizer(0.01), torch.optim.Adam(recbole.parameters(), lr=0.01)
+    for inter in _batches(small, 3):
+        losses = []
+        for model, opt in ((ours, ours_opt), (recbole, recbole_opt)):
+            opt.zero_grad(set_to_none=True)
+            loss = model.calculate_loss(inter)
+            loss.backward()
+            opt.step()
+            losses.append(loss)
+        torch.testing.assert_close(*losses)
+    batch = next(iter(small["test"]))[0]
+    with torch.no_grad():
+        a, b = ours.eval().full_sort_predict(batch), recbole.eval().full_sort_predict(batch)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(ours.lcu_item_user.weight, _model(small).lcu_item_user.weight)  # it did train
+
+
+def test_lazy_adam_variant_steps_only_the_touched_lcu_rows(small):
+    """adam_variant lazy: sparse LCU gradients + SparseAdam.  Rows a batch does not touch stay put, unlike
+    dense Adam, which keeps moving every row with non-zero moments."""
+    lazy, dense = _model(small, adam_variant="lazy"), _model(small)
+    first, second = _batches(small, 2)
+    lazy.train(), dense.train()
+    torch.testing.assert_close(lazy.calculate_loss(first), dense.calculate_loss(first))  # same forward
+    lazy_opt, dense_opt = lazy.build_optimizer(0.01), dense.build_optimizer(0.01)
+    _steps(lazy, lazy_opt, [first])
+    _steps(dense, dense_opt, [first])
+    assert lazy.lcu_item_user.weight.grad.is_sparse and not dense.lcu_item_user.weight.grad.is_sparse
+    before = lazy.lcu_item_user.weight.detach().clone()
+    dense_before = dense.lcu_item_user.weight.detach().clone()
+    _steps(lazy, lazy_opt, [second])
+    _steps(dense, dense_opt, [second])
+    touched = torch.zeros(before.shape[0], dtype=torch.bool)
+    touched[lazy.lcu_item_user.weight.grad.coalesce().indices()[0]] = True
+    assert touched.any() and not touched.all()
+    after = lazy.lcu_item_user.weight.detach()
+    assert torch.equal(after[~touched], before[~touched]) and not torch.equal(after[touched], before[touched])
+    moved = dense.lcu_item_user.weight.detach() - dense_before
+    assert moved[~touched].abs().max() > 1e-4  # dense Adam keeps moving rows touched only in step 1
+    # one state dict for both optimizers (checkpoints, resume)
+    state = lazy_opt.state_dict()
+    fresh = lazy.build_optimizer(0.01)
+    fresh.load_state_dict(state)
+    assert fresh.state_dict()["sparse"]["state"].keys() == state["sparse"]["state"].keys()
+
+
+def test_arerec_trainer_builds_the_adam_variant(small, tmp_path):
+    from recbole_timeplug.model.sequential_recommender.arerec import OptimizerPair
+    from recbole_timeplug.registry import get_trainer
+
+    config = small["config"]
+    saved = config["checkpoint_dir"]
+    config["checkpoint_dir"] = str(tmp_path)
+    try:
+        for variant, kind in (("lazy", OptimizerPair), ("dense", torch.optim.Adam)):
+            model = _model(small, adam_variant=variant)
+            trainer = get_trainer(config["MODEL_TYPE"], "ARERec")(config, model)
+            assert isinstance(trainer.optimizer, kind)
+
+    finally:
+        config["checkpoint_dir"] = saved
+
+
 @pytest.mark.parametrize(
     "key, value, match",
     [
@@ -248,6 +388,7 @@ def test_dropout_slots_switch_to_the_literal_path_and_regularisers_add_up(small)
         ("reg_weights", [0, 0, -1, 0, 0], "reg_weights"),
         ("eval_item_chunk", 1.5, "eval_item_chunk"),
         ("loss_type", "CE", "loss_type"),
+        ("adam_variant", "sparse", "adam_variant"),
     ],
 )
 def test_bad_config_values_name_the_key(small, key, value, match):
@@ -255,12 +396,21 @@ def test_bad_config_values_name_the_key(small, key, value, match):
         _model(small, **{key: value})
 
 
+@pytest.mark.parametrize("key, value", [("weight_decay", 0.01), ("clip_grad_norm", {"max_norm": 5}), ("learner", "sgd")])
+def test_lazy_adam_variant_rejects_what_sparse_adam_cannot_do(small, key, value):
+    with pytest.raises(TimeplugError, match="adam_variant"):
+        _model(small, adam_variant="lazy", **{key: value})
+
+
 # ------------------------------------------------------------------------------------ end to end
-def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config):
-    """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly."""
+@pytest.mark.parametrize("adam_variant", ["dense", "lazy"])
+def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config, adam_variant):
+    """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly (also with the
+    two optimizers of adam_variant lazy in one state dict)."""
     from recbole_timeplug.quick_start import run_recbole
 
-    config = dict(tiny_config, model="ARERec", embedding_size=8, region_size=3, max_neighbors=6, train_batch_size=128)
+    config = dict(tiny_config, model="ARERec", embedding_size=8, region_size=3, max_neighbors=6, train_batch_size=128,
+                  adam_variant=adam_variant)
     whole = run_recbole(config_dict=dict(config, epochs=2))
     first = run_recbole(config_dict=dict(config, epochs=1))
     resumed = run_recbole(config_dict=dict(config, epochs=2, checkpoint_path=first["last_model_file"]))

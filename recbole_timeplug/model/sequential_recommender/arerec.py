@@ -45,9 +45,15 @@ slots 1-4, or at evaluation) and is tested against the reference.  ``full_sort_p
 items in blocks of ``eval_item_chunk`` items x ``eval_user_chunk`` users so memory stays bounded
 (O(users x items x W x r) per block); at evaluation with the ``earliest`` window a block's LCU ids and
 neighbour users are the same for every row, and s_m = sum_h a_{m,h} (P * Q)[l_m, h] + (c * Q)[l_m] needs one
-table gather per (item, slot) plus the per-row attention weights (``_full_sort_block``).  The ``recent``
+table gather per (item, slot) plus the per-row attention weights (``_full_sort_fast``; items are visited
+by their number of LCUs, so a block is no wider than its widest item).  The ``recent``
 window has no fixed user per LCU and always uses the literal path (much slower in full ranking; lower the
 chunks or use ``uni100``).
+
+Optimizer.  The two LCU tables hold almost all parameters, and Adam over dense gradients updates every row
+every step; ``adam_variant`` (``build_optimizer``, used by ``ARERecTrainer``) picks ``dense`` (default, the
+official behaviour, bitwise RecBole's Adam), ``fused`` (same Adam, fused kernel) or ``lazy`` (sparse LCU
+gradients + SparseAdam: a different optimiser, much faster at small batches).
 """
 
 import math
@@ -56,6 +62,7 @@ import torch
 from recbole.model.abstract_recommender import SequentialRecommender
 from recbole.model.loss import BPRLoss
 from torch import nn
+from torch.optim.optimizer import _get_scalar_dtype
 
 from recbole_timeplug.layers.neighbor_index import WINDOWS, NeighborIndex
 from recbole_timeplug.validation import ConfigChecks, is_number
@@ -73,6 +80,8 @@ DROPOUT_SLOTS = (
 )
 REG_SLOTS = ("q", "k", "v", "concat", "fc")
 TIME_REFS = ("target", "last_history")
+# the Adam that ARERecTrainer builds (ARERec.yaml `adam_variant`; ARERec.build_optimizer)
+ADAM_VARIANTS = ("dense", "fused", "lazy")
 # slots whose official dropout mask differs per (sample, neighbour) on d-dim inputs of the LCU products:
 # with any of them active in training, the factored path cannot reproduce them -> reference path.
 _PER_SLOT_DROPOUT = (1, 2, 3, 4)
@@ -118,6 +127,15 @@ class ARERec(SequentialRecommender):
             f"(official with --use_regularizer: [0.001, 0.001, 0.001, 0.001, 0.001])",
             default=[0.0] * len(REG_SLOTS),
         )
+        self.adam_variant = check.one_of(
+            "adam_variant", ADAM_VARIANTS, "dense = Adam over dense gradients as the official code, fused = the same "
+            "in one fused kernel, lazy = sparse LCU gradients with SparseAdam", default="dense")
+        if self.adam_variant != "dense" and str(config["learner"]).lower() != "adam":
+            raise check.error("adam_variant", self.adam_variant, f"it needs learner: adam (got {config['learner']!r})")
+        if self.adam_variant == "lazy":
+            for key in ("weight_decay", "clip_grad_norm"):  # SparseAdam has no weight decay; no norm of sparse grads
+                if config[key]:
+                    raise check.error("adam_variant", "lazy", f"it cannot be combined with {key} = {config[key]!r}")
         self.dropout_probs = [float(p) for p in dropout_probs]
         self.reg_weights = [float(w) for w in reg_weights]
 
@@ -134,8 +152,10 @@ class ARERec(SequentialRecommender):
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
         # K_UI / K_IU: one r x d matrix per LCU id (row 0 = padding), stored flat for embedding lookups.
-        self.lcu_user_item = nn.Embedding(self.neighbor_index.num_lcu, r * d)
-        self.lcu_item_user = nn.Embedding(self.neighbor_index.num_lcu, r * d)
+        # adam_variant lazy: sparse gradients (only the rows a batch touches), stepped by SparseAdam
+        sparse = self.adam_variant == "lazy"
+        self.lcu_user_item = nn.Embedding(self.neighbor_index.num_lcu, r * d, sparse=sparse)
+        self.lcu_item_user = nn.Embedding(self.neighbor_index.num_lcu, r * d, sparse=sparse)
         if self.use_attention:
             self.w_q = nn.Linear(d, d)
             self.w_k = nn.Linear(d, d)
@@ -211,6 +231,10 @@ class ARERec(SequentialRecommender):
             v = torch.where(valid.any(dim=2, keepdim=True), v, torch.zeros_like(v))
         else:  # official: padded slots take part in the max with exact zeros
             v = s.amax(dim=2)
+        return self._score_head(v, items)
+
+    def _score_head(self, v, items):
+        """Step 5: rating vectors v [B, C, r] of the candidates ``items`` [B, C] (or [1, C]) -> scores [B, C]."""
         score = self.fc(self.dropouts[8](v)).squeeze(-1)
         if self.cold_item_bias:
             score = score + self.item_bias(items).squeeze(-1)
@@ -248,8 +272,8 @@ class ARERec(SequentialRecommender):
         """Scores [B, C] via per-LCU tables (see module docstring); equal to ``_score_reference``."""
         nbr, lcu, _ = self.neighbor_index.lookup(user, items, query_time)
         valid = lcu > 0
-        if lcu.numel() < self.neighbor_index.num_lcu:
-            # few slots (sampled evaluation, big tables): only the LCUs this batch touches
+        if lcu.numel() < self.neighbor_index.num_lcu or (self.adam_variant == "lazy" and torch.is_grad_enabled()):
+            # few slots (sampled evaluation, big tables), or sparse LCU gradients: only the LCUs this batch touches
             ids, local = torch.unique(lcu, return_inverse=True)
             P, c, Q = self._lcu_tables(ids)
         else:  # the batch touches about every LCU: whole tables, no gather/scatter of r x d matrices
@@ -288,6 +312,27 @@ class ARERec(SequentialRecommender):
         return self._head(p, q, valid, items)
 
     # ------------------------------------------------------------------------------------ API
+    def build_optimizer(self, learning_rate, weight_decay=0.0):
+        """The Adam of ``adam_variant`` (built by ``ARERecTrainer`` when ``learner`` is adam).
+
+        * ``dense``: Adam over dense gradients, as RecBole builds it (``BufferedAdam``: bitwise the same updates
+          as torch's default single-tensor Adam, without allocating two table-sized temporaries per step);
+        * ``fused``: the fused Adam kernel: the same algorithm, rounding may differ in the last bit;
+        * ``lazy``: the LCU tables (almost all parameters) get sparse gradients and ``torch.optim.SparseAdam``
+          (rows a batch does not touch keep their moments and do not move: *not* the official Keras Adam, whose
+          moments decay and whose rows keep moving every step); every other parameter dense Adam.
+        """
+        if self.adam_variant == "lazy":
+            sparse = [self.lcu_user_item.weight, self.lcu_item_user.weight]
+            dense = [p for p in self.parameters() if all(p is not q for q in sparse)]
+            return OptimizerPair(
+                torch.optim.Adam(dense, lr=learning_rate, weight_decay=weight_decay, foreach=True),
+                torch.optim.SparseAdam(sparse, lr=learning_rate),
+            )
+        if self.adam_variant == "fused":
+            return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
+        return BufferedAdam(self.parameters(), lr=learning_rate, weight_decay=weight_decay)
+
     def forward(self, user, items, query_time):
         """Scores [B, C] of candidate ``items`` [B, C] for ``user`` [B] at ``query_time`` [B]."""
         if self._factored_ok():
@@ -314,33 +359,26 @@ class ARERec(SequentialRecommender):
         return self.forward(user, items, self.query_time(interaction)).squeeze(1)
 
     def full_sort_predict(self, interaction):
-        """Scores [B, n_items], computed in blocks of ``eval_user_chunk`` x ``eval_item_chunk``."""
+        """Scores [B, n_items], computed in blocks of at most ``eval_user_chunk`` x ``eval_item_chunk``."""
         user = interaction[self.USER_ID]
         query_time = self.query_time(interaction)
         B, N = user.shape[0], self.n_items
         row_step = self.eval_user_chunk or B
         item_step = self.eval_item_chunk or N
-        all_items = torch.arange(N, device=user.device)
         scores = torch.empty(B, N, device=user.device)
         # Evaluation with the `earliest` window: per-LCU tables once per call, candidate blocks shared by
-        # all rows (_full_sort_block).  Otherwise (recent window, or called in training mode) the general path.
-        fast = self._factored_ok() and not self.training
-        if fast:
-            tables = self._rating_tables()
-            keys_all = None
-            if self.use_attention:
-                H = self.n_heads
-                keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, self.embedding_size // H)
+        # all rows (_full_sort_fast).  Otherwise (recent window, or called in training mode) the general path.
+        if self._factored_ok() and not self.training:
+            self._full_sort_fast(user, query_time, scores, row_step, item_step)
+            return scores
+        all_items = torch.arange(N, device=user.device)
         for r0 in range(0, B, row_step):
             rows = slice(r0, min(r0 + row_step, B))
             u, t = user[rows], query_time[rows]
             for c0 in range(0, N, item_step):
                 cols = slice(c0, min(c0 + item_step, N))
-                if fast:
-                    scores[rows, cols] = self._full_sort_block(u, t, all_items[cols], tables, keys_all)
-                else:
-                    items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
-                    scores[rows, cols] = self.forward(u, items, t)
+                items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
+                scores[rows, cols] = self.forward(u, items, t)
         return scores
 
     def _rating_tables(self):
@@ -351,35 +389,166 @@ class ARERec(SequentialRecommender):
             return P * Q.unsqueeze(1), c * Q
         return P * Q, None
 
-    def _full_sort_block(self, user, query_time, items, tables, keys_all):
-        """Scores [B, C] of the candidate block ``items`` [C] (earliest window, eval mode).
+    def _full_sort_fast(self, user, query_time, scores, row_step, item_step):
+        """Fills ``scores`` [B, n_items] (earliest window, eval mode); equal to ``forward`` on every item.
 
         Same neighbours as ``NeighborIndex.lookup``: the slot p of item j is LCU 1 + lcu_ptr[j] + p, whose
-        user is fixed, so the [C, W] LCU/user blocks are shared by all rows; only the time filter p < c(j, t*),
-        the self-exclusion and the attention weights depend on the row.
+        user is fixed, so an item block's [C, W] LCU/user ids are shared by all rows; only the time filter
+        p < c(j, t*), the self-exclusion and the attention weights depend on the row.  Work is cut by:
+
+        * the per-LCU tables (``_rating_tables``), the keys of all users and, per row chunk, the query-user
+          logit table [H, B, U] are computed once, not per item block;
+        * items are visited sorted by their number of LCUs min(n_j, M), so a block is only as wide as its
+          widest item (slots p >= min(n_j, M) never hold a neighbour; with ``masked_max: False`` such a
+          padding slot takes part in the max with 0, which a clamp at 0 restores);
+        * the neighbour ratings are laid out [r, B, C, W] (the pooled slot axis last and contiguous) and
+          built with in-place multiply-adds, one pass per head.
         """
         index = self.neighbor_index
-        R, R0 = tables
-        B, C, W = user.shape[0], items.shape[0], index.width
-        slot = torch.arange(W, device=items.device)
-        start = index.lcu_ptr[items].unsqueeze(-1)
-        exists = slot < (index.lcu_ptr[items + 1].unsqueeze(-1) - start)  # p < min(n_j, M)
-        lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [C, W]
-        nbr = index.lcu_user[lcu]  # [C, W]
-        count = index.count_before(items.unsqueeze(0).expand(B, -1), query_time)  # [B, C]
-        valid = slot < count.unsqueeze(-1)  # p < c(j, t*)  (c <= n_j and p < W <= M imply exists)
-        if index.exclude_self:
-            valid = valid & (nbr.unsqueeze(0) != user.view(B, 1, 1))
-        if self.use_attention:
-            H = self.n_heads
+        R, R0 = self._rating_tables()
+        attention = self.use_attention
+        H = self.n_heads
+        if attention:
+            RT = R.permute(1, 2, 0).contiguous()  # [H, r, S]
+            R0T = R0.t().contiguous()  # [r, S]
             dh = self.embedding_size // H
-            q = self.w_q(self.user_embedding(user)).view(B, H, dh)
-            table = torch.einsum("bhk,uhk->buh", q, keys_all) / math.sqrt(dh)  # [B, U, H]
-            a = self._attention_weights(table[:, nbr], valid)  # [B, C, W, H]
-            R_blk = R[lcu]  # [C, W, H, r], shared by all rows
-            s = R0[lcu].unsqueeze(0)
-            for h in range(H):  # H is small: broadcast multiply-adds beat a batched matmul of 2x7 blocks
-                s = s + a[..., h : h + 1] * R_blk[:, :, h]
+            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
         else:
-            s = R[lcu].unsqueeze(0).expand(B, -1, -1, -1)
-        return self._pool_and_score(s, valid, items)
+            RT = R.t().contiguous()  # [r, S]
+        B, N = scores.shape
+        full_width = index.width
+        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M) per item
+        order = torch.argsort(n_lcu, stable=True)
+        widths = n_lcu[order].tolist()
+        slot_all = torch.arange(full_width, device=user.device)
+        for r0 in range(0, B, row_step):
+            rows = slice(r0, min(r0 + row_step, B))
+            u, t = user[rows], query_time[rows]
+            b = u.shape[0]
+            if attention:
+                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
+                table = torch.einsum("bhk,uhk->hbu", q, keys_all) / math.sqrt(dh)  # [H, b, U]
+            for c0 in range(0, N, item_step):
+                c1 = min(c0 + item_step, N)
+                items = order[c0:c1]
+                C, W = c1 - c0, max(widths[c1 - 1], 1)  # sorted: the last item is the widest
+                slot = slot_all[:W]
+                start = index.lcu_ptr[items].unsqueeze(-1)
+                exists = slot < n_lcu[items].unsqueeze(-1)  # p < min(n_j, M)
+                lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [C, W]
+                nbr = index.lcu_user[lcu]  # [C, W]
+                count = index.count_before(items.unsqueeze(0).expand(b, -1), t)  # [b, C]
+                valid = slot < count.unsqueeze(-1)  # p < c(j, t*)  (c <= n_j and p < W <= M imply exists)
+                if index.exclude_self:
+                    valid = valid & (nbr.unsqueeze(0) != u.view(b, 1, 1))
+                invalid = ~valid  # [b, C, W]
+                # neighbour ratings s [r, b, C, W]; masked_max: empty slots start at -inf (a finite rating added
+                # to -inf stays -inf), official max: they are set to exact zeros once s is complete
+                base = (R0T if attention else RT)[:, lcu].unsqueeze(1)  # [r, 1, C, W], shared by all rows
+                if self.masked_max:
+                    s = base + torch.zeros(b, C, W, device=base.device).masked_fill_(invalid, float("-inf"))
+                else:
+                    s = base.repeat(1, b, 1, 1)
+                if attention:
+                    logits = torch.index_select(table, 2, nbr.flatten()).view(H, b, C, W)
+                    a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=-1)
+                    R_blk = RT[:, :, lcu]  # [H, r, C, W], shared by all rows
+                    for h in range(H):  # H is small: in-place multiply-adds beat a batched matmul of H x r blocks
+                        s.addcmul_(a[h], R_blk[h].unsqueeze(1))
+                v = self._max_pool_last(s, invalid, pad=W < full_width)  # [r, b, C]
+                scores[rows, items] = self._score_head(v.permute(1, 2, 0), items.unsqueeze(0))
+
+    def _max_pool_last(self, s, invalid, pad):
+        """Step 4 over the last axis of s [r, B, C, W] -> [r, B, C]; with ``masked_max`` the empty slots
+        ``invalid`` [B, C, W] already hold -inf, otherwise they are zeroed here (in place).
+
+        ``pad``: the block was cut narrower than the index's width, so every item had padding slots there."""
+        if self.masked_max:
+            v = s.amax(dim=-1)
+            return torch.where(invalid.all(dim=-1), torch.zeros_like(v), v)
+        v = s.masked_fill_(invalid, 0.0).amax(dim=-1)  # official: padded slots take part with exact zeros
+        return v.clamp_min(0.0) if pad else v
+
+
+class OptimizerPair:
+    """Two optimizers over disjoint parameters that step together, with one state dict (``adam_variant: lazy``)."""
+
+    def __init__(self, dense, sparse):
+        self.optimizers = (dense, sparse)
+
+    @property
+    def param_groups(self):
+        return [group for opt in self.optimizers for group in opt.param_groups]
+
+    def zero_grad(self, set_to_none=True):
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for opt in self.optimizers:
+            opt.step()
+        return loss
+
+    def state_dict(self):
+        return {"dense": self.optimizers[0].state_dict(), "sparse": self.optimizers[1].state_dict()}
+
+    def load_state_dict(self, state):
+        self.optimizers[0].load_state_dict(state["dense"])
+        self.optimizers[1].load_state_dict(state["sparse"])
+
+
+class BufferedAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` whose default update (torch's single-tensor code path, op for op) writes its
+    temporary ``sqrt(v) / sqrt(1 - beta2^t) + eps`` into a persistent buffer per parameter: bitwise the same
+    updates and the same ``state_dict``, but no fresh tensors the size of each LCU table (20 M floats on
+    ml-100k) to allocate and page in every step.  Other options (amsgrad, maximize, capturable, sparse or
+    complex gradients, ...) take torch's own ``step``."""
+
+    def _plain(self):
+        return all(
+            not (g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"] or g.get("fused")
+                 or g.get("decoupled_weight_decay", False))
+            and not isinstance(g["lr"], torch.Tensor)
+            for g in self.param_groups
+        ) and all(
+            p.grad is None or not (p.grad.is_sparse or torch.is_complex(p))
+            for g in self.param_groups for p in g["params"]
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self._plain():
+            return super().step(closure)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        buffers = self.__dict__.setdefault("_denominators", {})
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                grad = param.grad
+                state = self.state[param]
+                if len(state) == 0:  # as torch.optim.Adam._init_group (not capturable, not fused)
+                    state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                exp_avg, exp_avg_sq, step_t = state["exp_avg"], state["exp_avg_sq"], state["step"]
+                step_t += 1
+                if weight_decay != 0:
+                    grad = grad.add(param, alpha=weight_decay)
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                step = step_t.item()
+                step_size = lr / (1 - beta1**step)
+                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+                denom = buffers.get(id(param))
+                if denom is None or denom.shape != param.shape or denom.dtype != param.dtype:
+                    denom = buffers[id(param)] = torch.empty_like(exp_avg_sq)
+                torch.sqrt(exp_avg_sq, out=denom).div_(bias_correction2_sqrt).add_(eps)
+                param.addcdiv_(exp_avg, denom, value=-step_size)
+        return loss

@@ -42,7 +42,8 @@ def _build(kind, length, args, device):
         train_neg_sample_args={"distribution": "none", "sample_num": "none"},
         # TiSASRec
         dropout_prob=0.2, time_span=args.time_span, time_scale="user_min_history", time_unit=1.0,
-        interval_dropout="pair" if kind == "naive" else "bucket", layer_norm_eps=1e-8,
+        interval_dropout="pair" if kind == "naive" else "bucket", interval_mask=args.interval_mask,
+        layer_norm_eps=1e-8,
         initializer="xavier_uniform", initializer_range=0.02, l2_emb=0.0,
         # SASRec (RecBole defaults apart from the shared sizes)
         inner_size=4 * args.hidden_size, hidden_dropout_prob=0.2, attn_dropout_prob=0.2, hidden_act="gelu",
@@ -161,6 +162,8 @@ def main(argv=None):
     parser.add_argument("--n_layers", type=int, default=2)
     parser.add_argument("--n_heads", type=int, default=1)
     parser.add_argument("--time_span", type=int, default=256)
+    parser.add_argument("--interval_mask", default="used", choices=("used", "table"),
+                        help="TiSASRec's interval-dropout masks: used buckets only (default) or all k+1")
     parser.add_argument("--n_items", type=int, default=3707, help="item vocabulary (ML-1M: 3706 + PAD)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)

@@ -102,6 +102,34 @@ def interval_matrix(time_seq, seq_len, divisor, time_span):
     return intervals.masked_fill_(~(real.unsqueeze(2) & real.unsqueeze(1)), 0)
 
 
+def used_buckets(intervals, n_buckets):
+    """Renumber each sample's *used* buckets ``0..u_b-1`` (in increasing bucket order).
+
+    Training-time interval dropout only has to draw masks for the buckets a sample's pairs actually use
+    (at most ``min(k+1, L(L-1)/2 + 1)``, on ml-100k at L = 20 about 23 of 257 on average), so the
+    per-sample tables can be ``[B, u, d]`` with ``u = max_b u_b`` instead of ``[B, k+1, d]``.
+
+    Args:
+        intervals: ``[B, L, L]`` int64 bucket ids in ``[0, n_buckets)``.
+        n_buckets: ``k + 1``.
+    Returns:
+        ``(compact, rows)``: ``compact`` ``[B, L, L]`` int64 with ``rows[b, compact[b, i, j]] ==
+        intervals[b, i, j]``; ``rows`` ``[B, u]`` int64, the bucket each compact id stands for (slots
+        ``>= u_b`` of a sample hold bucket 0 and are never referenced). ``u`` is read on the host (one sync).
+    """
+    b = intervals.shape[0]
+    flat = intervals.reshape(b, -1)
+    used = torch.zeros(b, n_buckets, dtype=torch.bool, device=intervals.device).scatter_(1, flat, True)
+    rank = used.cumsum(1) - 1  # compact id of every used bucket (int64)
+    width = int(rank[:, -1].max()) + 1  # u = the largest number of used buckets in the batch
+    compact = rank.gather(1, flat).view_as(intervals)
+    # unused buckets go to a dump column that is cut off
+    target = torch.where(used, rank, torch.full_like(rank, width))
+    buckets = torch.arange(n_buckets, device=intervals.device).expand(b, -1)
+    rows = torch.zeros(b, width + 1, dtype=torch.long, device=intervals.device).scatter_(1, target, buckets)
+    return compact, rows[:, :width]
+
+
 # ----------------------------------------------------------------------------------- attention
 def _split_heads(x, n_heads):
     """``[..., L, d] -> [..., h, L, d/h]`` (channels sliced into heads, as the official code does)."""

@@ -35,7 +35,10 @@ Deviations from the official code, all documented in the README paragraph and th
 * Attention is "bucketed" (docs/models.md §1.4), never building B x L x L x d tensors; identical to the paper in
   eval. Training-time dropout on interval embeddings is then per (sample, bucket, channel) instead of per
   (pair, channel): ``interval_dropout: bucket`` (default). ``interval_dropout: pair`` restores the
-  official per-pair dropout by training with the naive (memory-hungry) formulation.
+  official per-pair dropout by training with the naive (memory-hungry) formulation. With ``bucket``,
+  ``interval_mask: used`` (default) draws masks only for the buckets each sample uses (per-sample
+  tables of the used rows); ``table`` draws them for all k+1 rows (the earlier random stream; the
+  distribution of every used mask is the same).
 * Right padding with a key-padding mask instead of left padding (RecBole's format); padded keys are
   masked (pmixer's port masks queries instead - a bug).
 * In RecBole every training sample is one prefix with one target, so ``BCE`` gives each consecutive pair
@@ -60,12 +63,14 @@ from recbole_timeplug.layers.time_interval import (
     min_nonzero_gap,
     naive_interval_attention,
     pair_embeddings,
+    used_buckets,
     user_min_gap_table,
 )
 from recbole_timeplug.validation import ConfigChecks
 
 LOSS_TYPES = ("CE", "BPR", "BCE")
 INTERVAL_DROPOUTS = ("bucket", "pair")
+INTERVAL_MASKS = ("used", "table")
 INITIALIZERS = ("xavier_uniform", "normal")
 
 
@@ -145,6 +150,10 @@ class TiSASRec(SequentialRecommender):
         if self.time_scale == "none":
             self.time_unit = check.number("time_unit", "with time_scale: none, the divisor, e.g. 86400 for days", low=0)
         self.interval_dropout = check.one_of("interval_dropout", INTERVAL_DROPOUTS)
+        self.interval_mask = check.one_of(
+            "interval_mask", INTERVAL_MASKS,
+            "with interval_dropout bucket: draw masks for the buckets a sample uses (used) or for all k+1 (table)",
+        )
         self.layer_norm_eps = check.number("layer_norm_eps", low=0)
         self.initializer = check.one_of("initializer", INITIALIZERS)
         self.initializer_range = config["initializer_range"]
@@ -235,7 +244,14 @@ class TiSASRec(SequentialRecommender):
         if naive:  # official: independent dropout on every pair's interval embedding (B x L x L x d)
             interval_key = self.emb_dropout(pair_embeddings(intervals, self.interval_key_embedding.weight))
             interval_value = self.emb_dropout(pair_embeddings(intervals, self.interval_value_embedding.weight))
-        elif dropping:  # one mask per (sample, bucket, channel), shared by the pairs of that bucket
+        elif dropping and self.interval_mask == "used":
+            # one mask per (sample, bucket, channel), shared by the pairs of that bucket, drawn only for the
+            # buckets the sample uses: per-sample tables [B, u, d] indexed by renumbered intervals. Same
+            # distribution of every used (sample, bucket, channel) mask as "table", another random stream.
+            intervals, rows = used_buckets(intervals, self.time_span + 1)
+            interval_key = self.emb_dropout(F.embedding(rows, self.interval_key_embedding.weight))
+            interval_value = self.emb_dropout(F.embedding(rows, self.interval_value_embedding.weight))
+        elif dropping:  # "table": one [B, k+1, d] mask per table, most of it for buckets nobody uses
             interval_key = self.emb_dropout(self.interval_key_embedding.weight.expand(batch, -1, -1))
             interval_value = self.emb_dropout(self.interval_value_embedding.weight.expand(batch, -1, -1))
         else:

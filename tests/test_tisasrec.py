@@ -240,12 +240,27 @@ def test_real_positions_ignore_padding_content_and_the_future():
     assert (out - base)[torch.arange(len(lengths)), last].abs().max().item() > 1e-4  # and the last one does
 
 
+def test_interval_matrix_equals_the_out_of_place_formula():
+    """The in-place computation is the formula itself, bit for bit (incl. huge gaps clipped before the cast)."""
+    g = torch.Generator().manual_seed(8)
+    gaps = torch.randint(0, 90_000, (6, 40), generator=g).double()
+    gaps[0] *= 1e9  # would overflow int64 if cast before clipping
+    times = (1.0e9 + torch.cumsum(gaps, 1)).float()
+    lengths = torch.tensor([40, 1, 17, 3, 39, 25])
+    divisor = min_nonzero_gap(times, lengths)
+    t = times.double()
+    want = torch.floor((t.unsqueeze(2) - t.unsqueeze(1)).abs() / divisor.view(-1, 1, 1)).clamp(0, 256).long()
+    real = history_mask(lengths, 40)
+    want = want.masked_fill(~(real.unsqueeze(2) & real.unsqueeze(1)), 0)
+    assert torch.equal(interval_matrix(times, lengths, divisor, 256), want)
+
+
 def test_used_buckets_renumbers_each_sample():
     g = torch.Generator().manual_seed(5)
     intervals = torch.randint(0, 7, (4, 6, 6), generator=g)
     intervals[1] = 3  # a sample using one bucket only
     intervals[2, :, :] = torch.tensor([0, 6]).repeat(18).view(6, 6)  # the two extreme buckets
-    compact, rows = used_buckets(intervals, 7)
+    compact, rows = used_buckets(intervals, 7, renumber_below=1.01)  # always renumber
     width = max(len(torch.unique(intervals[b])) for b in range(4))
     assert rows.shape == (4, width) and compact.dtype == torch.int64
     for b in range(4):
@@ -253,6 +268,13 @@ def test_used_buckets_renumbers_each_sample():
         assert torch.equal(rows[b, : len(used)], used)  # increasing bucket order, then padding
         assert torch.equal(compact[b].unique(), torch.arange(len(used)))
     assert torch.equal(rows.gather(1, compact.flatten(1)).view_as(intervals), intervals)
+    # a batch using (nearly) every bucket keeps the full tables: nothing to renumber
+    assert width == 7
+    same, full = used_buckets(intervals, 7)
+    assert same is intervals and torch.equal(full, torch.arange(7).expand(4, -1))
+    fewer = intervals.clamp(max=2)
+    compact, rows = used_buckets(fewer, 7)
+    assert rows.shape == (4, 3) and torch.equal(rows.gather(1, compact.flatten(1)).view_as(fewer), fewer)
 
 
 def _same_mask_dropout(seed):
@@ -262,7 +284,8 @@ def _same_mask_dropout(seed):
     return (torch.rand(5, 64, 12, generator=g) > 0.3).float() / 0.7  # [B, bucket, channel]
 
 
-def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch):
+@pytest.mark.parametrize("renumber_below", [1.01, 0.0])  # always renumber / never (full per-sample tables)
+def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch, renumber_below):
     """With the same per-(sample, bucket, channel) mask, drawing it for the used buckets only gives exactly
     the "table" outputs and gradients: only the random stream differs."""
     import recbole_timeplug.model.sequential_recommender.tisasrec as tis
@@ -279,7 +302,7 @@ def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch):
         captured = {}
 
         def recording_used_buckets(intervals, n_buckets):
-            captured["compact"], captured["rows"] = used_buckets(intervals, n_buckets)
+            captured["compact"], captured["rows"] = used_buckets(intervals, n_buckets, renumber_below)
             return captured["compact"], captured["rows"]
 
         class SameMaskDropout(torch.nn.Module):
@@ -296,7 +319,7 @@ def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch):
         loss.backward()
         monkeypatch.undo()
         assert ("rows" in captured) == (mode == "used")
-        if mode == "used":  # fewer rows than k+1 here, so the test sees a real renumbering
+        if mode == "used" and renumber_below > 1:  # fewer rows than k+1 here: a real renumbering
             assert captured["rows"].shape[1] < model.time_span + 1
         results[mode] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
     assert (results["used"][0] - results["table"][0]).abs().item() <= 1e-6

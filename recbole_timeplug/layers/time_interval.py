@@ -95,14 +95,16 @@ def interval_matrix(time_seq, seq_len, divisor, time_span):
     divisor = torch.as_tensor(divisor, dtype=torch.float64, device=t.device)
     if divisor.dim() == 1:
         divisor = divisor.view(-1, 1, 1)
-    scaled = (t.unsqueeze(2) - t.unsqueeze(1)).abs() / divisor
+    # in place on one [B, L, L] float64 buffer (the same operations and roundings as out of place: the
+    # float32 -> float64 differences are exact, then one division and a floor)
+    scaled = (t.unsqueeze(2) - t.unsqueeze(1)).abs_().div_(divisor).floor_()
     # clamp in float64 *before* the integer cast: huge gaps (ms timestamps, bad units) never overflow
-    intervals = torch.floor(scaled).clamp_(0, time_span).to(torch.int64)
+    scaled = scaled.clamp_(0, time_span)
     real = history_mask(seq_len, t.shape[1])
-    return intervals.masked_fill_(~(real.unsqueeze(2) & real.unsqueeze(1)), 0)
+    return scaled.masked_fill_(~(real.unsqueeze(2) & real.unsqueeze(1)), 0).to(torch.int64)
 
 
-def used_buckets(intervals, n_buckets):
+def used_buckets(intervals, n_buckets, renumber_below=0.75):
     """Renumber each sample's *used* buckets ``0..u_b-1`` (in increasing bucket order).
 
     Training-time interval dropout only has to draw masks for the buckets a sample's pairs actually use
@@ -112,6 +114,9 @@ def used_buckets(intervals, n_buckets):
     Args:
         intervals: ``[B, L, L]`` int64 bucket ids in ``[0, n_buckets)``.
         n_buckets: ``k + 1``.
+        renumber_below: renumber only when ``u < renumber_below * n_buckets``; otherwise (long histories use
+            nearly every bucket, and the renumbering gather costs more than it saves) ``compact`` is
+            ``intervals`` itself and ``rows`` is ``0..k`` for every sample (full per-sample tables).
     Returns:
         ``(compact, rows)``: ``compact`` ``[B, L, L]`` int64 with ``rows[b, compact[b, i, j]] ==
         intervals[b, i, j]``; ``rows`` ``[B, u]`` int64, the bucket each compact id stands for (slots
@@ -122,6 +127,8 @@ def used_buckets(intervals, n_buckets):
     used = torch.zeros(b, n_buckets, dtype=torch.bool, device=intervals.device).scatter_(1, flat, True)
     rank = used.cumsum(1) - 1  # compact id of every used bucket (int64)
     width = int(rank[:, -1].max()) + 1  # u = the largest number of used buckets in the batch
+    if width >= renumber_below * n_buckets:
+        return intervals, torch.arange(n_buckets, device=intervals.device).expand(b, -1)
     compact = rank.gather(1, flat).view_as(intervals)
     # unused buckets go to a dump column that is cut off
     target = torch.where(used, rank, torch.full_like(rank, width))

@@ -270,8 +270,8 @@ def test_used_buckets_renumbers_each_sample():
     assert torch.equal(rows.gather(1, compact.flatten(1)).view_as(intervals), intervals)
     # a batch using (nearly) every bucket keeps the full tables: nothing to renumber
     assert width == 7
-    same, full = used_buckets(intervals, 7)
-    assert same is intervals and torch.equal(full, torch.arange(7).expand(4, -1))
+    same, rows = used_buckets(intervals, 7)
+    assert same is intervals and rows is None
     fewer = intervals.clamp(max=2)
     compact, rows = used_buckets(fewer, 7)
     assert rows.shape == (4, 3) and torch.equal(rows.gather(1, compact.flatten(1)).view_as(fewer), fewer)
@@ -311,6 +311,8 @@ def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch, renum
                     return x
                 if mode == "table":  # [B, k+1, d]
                     return x * mask[:, : x.shape[1]]
+                if captured["rows"] is None:  # full tables
+                    return x * mask[:, : x.shape[1]]
                 return x * mask.gather(1, captured["rows"].unsqueeze(-1).expand(-1, -1, x.shape[2]))
 
         monkeypatch.setattr(tis, "used_buckets", recording_used_buckets)
@@ -319,8 +321,9 @@ def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch, renum
         loss.backward()
         monkeypatch.undo()
         assert ("rows" in captured) == (mode == "used")
-        if mode == "used" and renumber_below > 1:  # fewer rows than k+1 here: a real renumbering
-            assert captured["rows"].shape[1] < model.time_span + 1
+        if mode == "used":  # renumbered to fewer rows than k+1, or kept whole (rows None)
+            assert (captured["rows"] is None) == (renumber_below == 0.0)
+            assert renumber_below == 0.0 or captured["rows"].shape[1] < model.time_span + 1
         results[mode] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
     assert (results["used"][0] - results["table"][0]).abs().item() <= 1e-6
     for a, b in zip(results["used"][1], results["table"][1]):

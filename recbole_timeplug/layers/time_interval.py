@@ -116,7 +116,7 @@ def used_buckets(intervals, n_buckets, renumber_below=0.75):
         n_buckets: ``k + 1``.
         renumber_below: renumber only when ``u < renumber_below * n_buckets``; otherwise (long histories use
             nearly every bucket, and the renumbering gather costs more than it saves) ``compact`` is
-            ``intervals`` itself and ``rows`` is ``0..k`` for every sample (full per-sample tables).
+            ``intervals`` itself and ``rows`` is None (use the full ``[B, k+1, d]`` tables).
     Returns:
         ``(compact, rows)``: ``compact`` ``[B, L, L]`` int64 with ``rows[b, compact[b, i, j]] ==
         intervals[b, i, j]``; ``rows`` ``[B, u]`` int64, the bucket each compact id stands for (slots
@@ -128,7 +128,7 @@ def used_buckets(intervals, n_buckets, renumber_below=0.75):
     rank = used.cumsum(1) - 1  # compact id of every used bucket (int64)
     width = int(rank[:, -1].max()) + 1  # u = the largest number of used buckets in the batch
     if width >= renumber_below * n_buckets:
-        return intervals, torch.arange(n_buckets, device=intervals.device).expand(b, -1)
+        return intervals, None
     compact = rank.gather(1, flat).view_as(intervals)
     # unused buckets go to a dump column that is cut off
     target = torch.where(used, rank, torch.full_like(rank, width))

@@ -241,17 +241,20 @@ class TiSASRec(SequentialRecommender):
 
         dropping = self.training and self.dropout_prob > 0
         naive = dropping and self.interval_dropout == "pair"
-        if naive:  # official: independent dropout on every pair's interval embedding (B x L x L x d)
-            interval_key = self.emb_dropout(pair_embeddings(intervals, self.interval_key_embedding.weight))
-            interval_value = self.emb_dropout(pair_embeddings(intervals, self.interval_value_embedding.weight))
-        elif dropping and self.interval_mask == "used":
+        rows = None
+        if dropping and not naive and self.interval_mask == "used":
             # one mask per (sample, bucket, channel), shared by the pairs of that bucket, drawn only for the
             # buckets the sample uses: per-sample tables [B, u, d] indexed by renumbered intervals. Same
             # distribution of every used (sample, bucket, channel) mask as "table", another random stream.
+            # rows None: the batch uses nearly every bucket, so the full tables are kept
             intervals, rows = used_buckets(intervals, self.time_span + 1)
+        if naive:  # official: independent dropout on every pair's interval embedding (B x L x L x d)
+            interval_key = self.emb_dropout(pair_embeddings(intervals, self.interval_key_embedding.weight))
+            interval_value = self.emb_dropout(pair_embeddings(intervals, self.interval_value_embedding.weight))
+        elif dropping and rows is not None:
             interval_key = self.emb_dropout(F.embedding(rows, self.interval_key_embedding.weight))
             interval_value = self.emb_dropout(F.embedding(rows, self.interval_value_embedding.weight))
-        elif dropping:  # "table": one [B, k+1, d] mask per table, most of it for buckets nobody uses
+        elif dropping:  # one [B, k+1, d] mask per table ("table", or "used" on a batch using most buckets)
             interval_key = self.emb_dropout(self.interval_key_embedding.weight.expand(batch, -1, -1))
             interval_value = self.emb_dropout(self.interval_value_embedding.weight.expand(batch, -1, -1))
         else:

@@ -101,8 +101,24 @@ def test_newton_without_tol_is_bit_equal_to_the_fixed_step_loop(dtype):
     X[:3, :, 18:, :] = float("-inf")
     alpha = (1 + torch.rand(6, 1, 1, 1, generator=torch.Generator().manual_seed(12))).to(dtype)
     alpha[0] = 2.0  # the 0^0 case
+    weights = _scores((6, 2, 25, 5), seed=13, dtype=dtype)
     for n_iter in (1, 10):
         assert torch.equal(entmax_newton(X, alpha, -2, n_iter), _newton_fixed_steps_before_tol(X, alpha, -2, n_iter))
+    # and the backward is the closed form (E2)/(E3) as written before, bit for bit
+    x, a = X.clone().requires_grad_(), alpha.clone().requires_grad_()
+    (entmax_newton(x, a, -2, 10) * weights).sum().backward()
+    Y = _newton_fixed_steps_before_tol(X, alpha, -2, 10)
+    support = Y > 0
+    g = torch.where(support, Y.pow(2 - alpha), torch.zeros_like(Y))
+    g_sum = g.sum(-2, keepdim=True)
+    dX = weights * g
+    dX = dX - g * (dX.sum(-2, keepdim=True) / g_sum)
+    p_log_p = torch.where(support, Y * torch.log(torch.where(support, Y, torch.ones_like(Y))), torch.zeros_like(Y))
+    g_tilde = g / g_sum
+    am1 = alpha - 1
+    d_alpha = weights * ((Y - g_tilde) / am1**2 - (p_log_p - g_tilde * p_log_p.sum(-2, keepdim=True)) / am1)
+    assert torch.equal(x.grad, dX)
+    assert torch.equal(a.grad, d_alpha.sum(-2, keepdim=True).sum_to_size(alpha.shape))
 
 
 @pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 30.0])

@@ -133,16 +133,18 @@ class EntmaxNewtonFunction(Function):
     def backward(ctx, dY):
         Y, alpha = ctx.saved_tensors
         dim = ctx.dim
+        support = Y > 0
         g = Y.pow(2 - alpha)
         if bool((alpha == 2).any()):  # 0^0 = 1 off the support at alpha = 2
-            g = g.masked_fill_(Y == 0, 0.0)
+            g = g.masked_fill_(~support, 0.0)
         g_sum = g.sum(dim=dim, keepdim=True)
         dX = dY * g
         dX = dX - g * (dX.sum(dim=dim, keepdim=True) / g_sum)  # (E2)
         d_alpha = None
         if ctx.needs_input_grad[1]:
             am1 = alpha - 1
-            p_log_p = torch.xlogy(Y, Y)  # 0 off the support
+            # (not torch.xlogy: its log rounds differently from torch.log, and this stays bit-equal to before)
+            p_log_p = torch.where(support, Y * torch.log(torch.where(support, Y, torch.ones_like(Y))), torch.zeros_like(Y))
             entropy_term = p_log_p.sum(dim=dim, keepdim=True)
             g_tilde = g / g_sum
             d_alpha = dY * ((Y - g_tilde) / am1**2 - (p_log_p - g_tilde * entropy_term) / am1)  # (E3)

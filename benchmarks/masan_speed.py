@@ -7,7 +7,8 @@ One training step = forward + CE loss over all items + backward + Adam step, on 
 batch (lengths uniform in 1..L).  The models are timed interleaved (one step each, round after round) so
 that load changes on a shared machine hit them alike; the median per model is reported with its ratio
 to LightSANs.  Rows: MASAN with softmax (= LightSANs plus the padding mask; checks the harness), the
-adaptive-alpha paths newton (default), bisect at 25 and at 50 steps (the entmax package default), and
+adaptive-alpha paths newton (default: at most 10 steps, early exit at ``entmax_newton_tol`` 1e-6), newton at
+exactly 10 steps (``entmax_newton_tol: 0``), bisect at 25 and at 50 steps (the entmax package default), and
 fixed alpha 1.5 with the exact sort-based entmax15.  On CUDA the peak allocated memory per model is
 printed too (torch.cuda.max_memory_allocated); on CPU only time.
 """
@@ -30,7 +31,9 @@ from recbole_timeplug.testing import ItemCountDataset
 VARIANTS = [
     ("LightSANs (RecBole)", "LightSANs", {}),
     ("MASAN softmax", "MASAN", {"alpha_mode": "softmax"}),
-    ("MASAN adaptive, newton 10", "MASAN", {"entmax_impl": "newton", "entmax_newton_iter": 10}),
+    ("MASAN adaptive, newton <=10, tol 1e-6", "MASAN", {"entmax_impl": "newton", "entmax_newton_iter": 10}),
+    ("MASAN adaptive, newton 10 (tol 0)", "MASAN",
+     {"entmax_impl": "newton", "entmax_newton_iter": 10, "entmax_newton_tol": 0.0}),
     ("MASAN adaptive, bisect 25", "MASAN", {"entmax_impl": "bisect", "entmax_n_iter": 25}),
     ("MASAN adaptive, bisect 50", "MASAN", {"entmax_impl": "bisect", "entmax_n_iter": 50}),
     ("MASAN fixed 1.5, sort (entmax15)", "MASAN", {"alpha_mode": "fixed", "entmax_alpha": 1.5, "entmax_impl": "sort"}),
@@ -109,11 +112,11 @@ def main(argv=None):
         f"device={device} batch={args.batch_size} L={args.seq_len} d={args.hidden} layers={args.layers} "
         f"k={args.k} items={args.n_items} steps={args.steps} threads={torch.get_num_threads()}"
     )
-    header = f"{'model':36s} {'ms/step (median)':>17s} {'ratio vs LightSANs':>19s}"
+    header = f"{'model':40s} {'ms/step (median)':>17s} {'ratio vs LightSANs':>19s}"
     print(header + ("  peak MiB" if peak else ""))
     for run in runs:
         t = statistics.median(run["times"])
-        line = f"{run['label']:36s} {1000 * t:17.1f} {t / base:19.2f}"
+        line = f"{run['label']:40s} {1000 * t:17.1f} {t / base:19.2f}"
         if peak:
             line += f"  {peak[run['label']]:8.1f}"
         print(line)

@@ -8,6 +8,16 @@ the B x L x L x d interval tensors (per-pair dropout) during training.
     python benchmarks/tisasrec_attention.py                         # B=256, L in {50, 200, 500}, d=64
     python benchmarks/tisasrec_attention.py --batch_size 32 --lengths 50 200
 
+``--interleaved``: time only, all in this process, one training step per model round after round (load
+changes on a shared machine hit the models alike): TiSASRec with ``interval_mask`` used and table, and
+SASRec; medians and ratios to SASRec. E.g. on a shared CPU:
+
+    python benchmarks/tisasrec_attention.py --interleaved --device cpu --threads 1 --batch_size 16 --lengths 50 1000
+
+``--defaults`` (with ``--interleaved``): each model with its own YAML defaults (SASRec: RecBole's, 2 heads and
+dropout 0.5; TiSASRec: ``properties/model/TiSASRec.yaml``) and full-length batches with gaps of up to a day,
+as ``benchmarks/efficiency.py`` builds them; otherwise the shared sizes above and ``_batch``'s data.
+
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated`` over the steps; on CPU the growth of the
 process's peak resident set (``resource.getrusage``) from the first step on (baseline: model, optimizer
 and batches built), each configuration measured in a
@@ -29,7 +39,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def _build(kind, length, args, device):
+def _build(kind, length, args, device, interval_mask=None):
     import recbole_timeplug  # noqa: F401  (compat fixes)
     from recbole.model.sequential_recommender.sasrec import SASRec
 
@@ -42,7 +52,8 @@ def _build(kind, length, args, device):
         train_neg_sample_args={"distribution": "none", "sample_num": "none"},
         # TiSASRec
         dropout_prob=0.2, time_span=args.time_span, time_scale="user_min_history", time_unit=1.0,
-        interval_dropout="pair" if kind == "naive" else "bucket", layer_norm_eps=1e-8,
+        interval_dropout="pair" if kind == "naive" else "bucket", interval_mask=interval_mask or args.interval_mask,
+        layer_norm_eps=1e-8,
         initializer="xavier_uniform", initializer_range=0.02, l2_emb=0.0,
         # SASRec (RecBole defaults apart from the shared sizes)
         inner_size=4 * args.hidden_size, hidden_dropout_prob=0.2, attn_dropout_prob=0.2, hidden_act="gelu",
@@ -153,6 +164,77 @@ def _ratio(a, b, key):
     return f"{a[key] / b[key]:.2f}x"
 
 
+def _build_defaults(kind, length, args, device, interval_mask=None):
+    import recbole_timeplug  # noqa: F401  (compat fixes)
+    from recbole.model.sequential_recommender.sasrec import SASRec
+
+    from recbole_timeplug.config import Config
+    from recbole_timeplug.model.sequential_recommender.tisasrec import TiSASRec
+    from recbole_timeplug.testing import ItemCountDataset
+
+    values = {"MAX_ITEM_LIST_LENGTH": length, "device": device, "train_neg_sample_args": None, "loss_type": "CE"}
+    if kind == "sasrec":
+        return SASRec(Config(model="SASRec", dataset="ml-100k", config_dict=values), ItemCountDataset(args.n_items))
+    values["interval_mask"] = interval_mask or args.interval_mask
+    return TiSASRec(Config(model="TiSASRec", dataset="ml-100k", config_dict=values), ItemCountDataset(args.n_items))
+
+
+def _batch_full_length(length, args, device, seed):
+    """efficiency.py's batches: every sequence L items long, increasing times, gaps uniform in 0..86399 s."""
+    g = torch.Generator().manual_seed(seed)
+    b = args.batch_size
+    gaps = torch.randint(0, 86_400, (b, length + 1), generator=g).double()
+    times = 9.8e8 + torch.cumsum(gaps, dim=1)
+    return {
+        "item_id_list": torch.randint(1, args.n_items, (b, length), generator=g).to(device),
+        "item_length": torch.full((b,), length, dtype=torch.long).to(device),
+        "timestamp_list": times[:, :length].float().to(device),
+        "item_id": torch.randint(1, args.n_items, (b,), generator=g).to(device),
+    }
+
+
+def interleaved(args):
+    """Median step time of TiSASRec (used / table interval masks) and SASRec, timed round-robin in-process."""
+    device = args.device
+    build, make_batch = (_build_defaults, _batch_full_length) if args.defaults else (_build, _batch)
+    print(
+        f"device={device} threads={torch.get_num_threads()} B={args.batch_size} d={args.hidden_size} "
+        f"layers={args.n_layers} heads={args.n_heads} k={args.time_span} items={args.n_items}; "
+        f"interleaved, median of {args.repeats} training steps"
+        + ("; each model's own YAML defaults, full-length batches" if args.defaults else "")
+    )
+    print("| L | model | ms/step | x SASRec |")
+    print("|---|---|---|---|")
+    for length in args.lengths:
+        runs = []
+        for label, kind, mask in (("SASRec", "sasrec", None), ("TiSASRec used", "tisasrec", "used"),
+                                  ("TiSASRec table", "tisasrec", "table")):
+            torch.manual_seed(0)
+            model = build(kind, length, args, device, mask).train()
+            runs.append((label, model, torch.optim.Adam(model.parameters(), lr=1e-3), []))
+        batches = [make_batch(length, args, device, seed) for seed in range(2)]
+
+        def step(run, i):
+            run[2].zero_grad(set_to_none=True)
+            run[1].calculate_loss(batches[i % 2]).backward()
+            run[2].step()
+
+        for run in runs:
+            for i in range(args.warmup):
+                step(run, i)
+        for i in range(args.repeats):
+            for run in runs:
+                _sync(device)
+                t0 = time.perf_counter()
+                step(run, i)
+                _sync(device)
+                run[3].append(time.perf_counter() - t0)
+        base = statistics.median(runs[0][3])
+        for label, _, _, times in runs:
+            t = statistics.median(times)
+            print(f"| {length} | {label} | {t * 1e3:.1f} | {t / base:.2f}x |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch_size", type=int, default=256)
@@ -161,6 +243,8 @@ def main(argv=None):
     parser.add_argument("--n_layers", type=int, default=2)
     parser.add_argument("--n_heads", type=int, default=1)
     parser.add_argument("--time_span", type=int, default=256)
+    parser.add_argument("--interval_mask", default="used", choices=("used", "table"),
+                        help="TiSASRec's interval-dropout masks: used buckets only (default) or all k+1")
     parser.add_argument("--n_items", type=int, default=3707, help="item vocabulary (ML-1M: 3706 + PAD)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -168,7 +252,18 @@ def main(argv=None):
     parser.add_argument("--naive_max_gb", type=float, default=None,
                         help="skip naive runs needing more (default: 90%% of GPU memory, 6 GiB on CPU)")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--interleaved", action="store_true",
+                        help="time only, in this process, models alternating step by step (see module doc)")
+    parser.add_argument("--defaults", action="store_true",
+                        help="with --interleaved: each model's own YAML defaults, full-length batches (see module doc)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.interleaved:
+        sys.argv = sys.argv[:1]  # RecBole's Config (--defaults) reads --key=value from argv
+        interleaved(args)
+        return
     if args.naive_max_gb is None:
         args.naive_max_gb = (
             0.9 * torch.cuda.get_device_properties(0).total_memory / 2**30 if args.device == "cuda" else 6.0

@@ -20,6 +20,7 @@ from recbole_timeplug.config import Config
 from recbole_timeplug.layers.sparse_attention import (
     alpha_entmax,
     entmax_newton,
+    newton_threshold,
     pool_context,
     sequence_adaptive_alpha,
 )
@@ -75,6 +76,92 @@ def test_newton_matches_bisection_reference_per_row_alpha(scale):
         out32 = alpha_entmax(X.float(), alpha.float(), dim=-2, impl=impl).double()
         torch.testing.assert_close(out32[alpha[:, 0, 0, 0] > 1.01], ref32[alpha[:, 0, 0, 0] > 1.01], atol=5e-6, rtol=0)
         torch.testing.assert_close(out32, ref32, atol=1e-4, rtol=0)
+
+
+def _newton_fixed_steps_before_tol(X, alpha, dim, n_iter):
+    """The Newton forward as it was before ``tol`` and the mask-free loop: fixed steps, torch.where masks."""
+    am1 = alpha - 1
+    z = X * am1
+    z = z - z.amax(dim=dim, keepdim=True)
+    power = 1.0 / am1
+    tau = torch.full_like(z.narrow(dim, 0, 1), -1.0)
+    for _ in range(n_iter):
+        r = (z - tau).clamp_min(0)
+        q = torch.where(r > 0, r.pow(power - 1.0), torch.zeros_like(r))
+        f = (q * r).sum(dim=dim, keepdim=True) - 1.0
+        tau = tau + f / (power * q.sum(dim=dim, keepdim=True)).clamp_min(torch.finfo(z.dtype).tiny)
+    r = (z - tau).clamp_min(0)
+    Y = torch.where(r > 0, r.pow(power), torch.zeros_like(r))
+    return Y / Y.sum(dim=dim, keepdim=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_newton_without_tol_is_bit_equal_to_the_fixed_step_loop(dtype):
+    X = _scores((6, 2, 25, 5), seed=11, scale=3.0, dtype=dtype)
+    X[:3, :, 18:, :] = float("-inf")
+    alpha = (1 + torch.rand(6, 1, 1, 1, generator=torch.Generator().manual_seed(12))).to(dtype)
+    alpha[0] = 2.0  # the 0^0 case
+    weights = _scores((6, 2, 25, 5), seed=13, dtype=dtype)
+    for n_iter in (1, 10):
+        assert torch.equal(entmax_newton(X, alpha, -2, n_iter), _newton_fixed_steps_before_tol(X, alpha, -2, n_iter))
+    # and the backward is the closed form (E2)/(E3) as written before, bit for bit
+    x, a = X.clone().requires_grad_(), alpha.clone().requires_grad_()
+    (entmax_newton(x, a, -2, 10) * weights).sum().backward()
+    Y = _newton_fixed_steps_before_tol(X, alpha, -2, 10)
+    support = Y > 0
+    g = torch.where(support, Y.pow(2 - alpha), torch.zeros_like(Y))
+    g_sum = g.sum(-2, keepdim=True)
+    dX = weights * g
+    dX = dX - g * (dX.sum(-2, keepdim=True) / g_sum)
+    p_log_p = torch.where(support, Y * torch.log(torch.where(support, Y, torch.ones_like(Y))), torch.zeros_like(Y))
+    g_tilde = g / g_sum
+    am1 = alpha - 1
+    d_alpha = weights * ((Y - g_tilde) / am1**2 - (p_log_p - g_tilde * p_log_p.sum(-2, keepdim=True)) / am1)
+    assert torch.equal(x.grad, dX)
+    assert torch.equal(a.grad, d_alpha.sum(-2, keepdim=True).sum_to_size(alpha.shape))
+
+
+@pytest.mark.parametrize("scale", [0.1, 1.0, 3.0, 30.0])
+def test_newton_early_exit_is_as_accurate_as_ten_steps(scale):
+    """tol = 1e-6 (the MASAN default) stops after fewer than 10 steps in float32 and is as close to the
+    float64 bisection reference as the fixed 10 steps; the step criterion also holds in float64."""
+    g = torch.Generator().manual_seed(13)
+    X = torch.randn(64, 2, 50, 20, generator=g) * scale
+    X[:32, :, 37:, :] = float("-inf")  # padded query rows
+    alpha = (1 + torch.rand(64, 1, 1, 1, generator=g)).clamp(1.0001, 2.0)
+    alpha[:4] = 1.0001
+    alpha[4:8] = 2.0
+    ref = entmax_bisect(X.double(), alpha.double(), dim=-2, n_iter=100)
+    am1 = alpha - 1
+    z = X * am1
+    z = z - z.amax(dim=-2, keepdim=True)
+    _, steps = newton_threshold(z, 1.0 / am1, -2, 10, tol=1e-6)
+    assert steps < 10
+    fixed = entmax_newton(X, alpha, -2, 10)
+    early = entmax_newton(X, alpha, -2, 10, 1e-6)
+    err_fixed = (fixed.double() - ref).abs()
+    err_early = (early.double() - ref).abs()
+    ok = alpha[:, 0, 0, 0] > 1.01  # near alpha = 1 float32 rounding dominates for every method
+    assert err_early[ok].max() <= max(2 * err_fixed[ok].max().item(), 5e-6)
+    assert err_early.max() <= max(2 * err_fixed.max().item(), 1e-4)
+    torch.testing.assert_close(early.sum(-2), torch.ones(64, 2, 20), atol=1e-5, rtol=0)
+    assert (early[:32, :, 37:] == 0).all()
+    # float64 with a tight tol: the bisection reference to 1e-10
+    early64 = entmax_newton(X.double(), alpha.double(), -2, 30, 1e-9)
+    torch.testing.assert_close(early64, ref, atol=1e-10, rtol=0)
+
+
+def test_newton_early_exit_gradients_match_bisection():
+    X = _scores((3, 2, 7, 3), seed=5)
+    alpha = 1 + 0.9 * torch.rand(3, 1, 1, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    weights = _scores((3, 2, 7, 3), seed=7)
+    grads = []
+    for fn in (lambda x, a: entmax_bisect(x, a, dim=-2, n_iter=100), lambda x, a: entmax_newton(x, a, -2, 30, 1e-9)):
+        x, a = X.clone().requires_grad_(), alpha.clone().requires_grad_()
+        (fn(x, a) * weights).sum().backward()
+        grads.append((x.grad, a.grad))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-8, rtol=1e-6)
 
 
 def test_entmax_closed_forms_at_alpha_1_5_and_2():
@@ -271,6 +358,7 @@ def test_parameter_count_of_the_logged_configurations(hidden, layers, k, expecte
         ({"pos_index_mode": "padded", "extra_position_row": False}, "extra_position_row"),
         ({"alpha_min": 1.0}, "alpha_min"),
         ({"entmax_dim": 1}, "entmax_dim"),
+        ({"entmax_newton_tol": -1e-6}, "entmax_newton_tol"),
     ],
 )
 def test_bad_config_values_name_the_key(overrides, key):

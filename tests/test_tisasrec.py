@@ -17,6 +17,7 @@ from recbole_timeplug.layers.time_interval import (
     min_nonzero_gap,
     naive_interval_attention,
     pair_embeddings,
+    used_buckets,
     user_min_gap_table,
 )
 from recbole_timeplug.model.sequential_recommender.tisasrec import TiSASRec
@@ -30,7 +31,7 @@ def _model(**overrides):
     config = standalone_config(
         MAX_ITEM_LIST_LENGTH=8, device="cpu",
         hidden_size=12, n_layers=2, n_heads=3, dropout_prob=0.2, time_span=6, time_scale="user_min_history",
-        time_unit=1.0, interval_dropout="bucket", layer_norm_eps=1e-8, initializer="xavier_uniform",
+        time_unit=1.0, interval_dropout="bucket", interval_mask="used", layer_norm_eps=1e-8, initializer="xavier_uniform",
         initializer_range=0.02, l2_emb=0.0, loss_type="CE",
         train_neg_sample_args={"distribution": "none", "sample_num": "none"},
     )
@@ -268,9 +269,99 @@ def test_real_positions_ignore_padding_content_and_the_future():
     assert (out - base)[torch.arange(len(lengths)), last].abs().max().item() > 1e-4  # and the last one does
 
 
+def test_interval_matrix_equals_the_out_of_place_formula():
+    """The in-place computation is the formula itself, bit for bit (incl. huge gaps clipped before the cast)."""
+    g = torch.Generator().manual_seed(8)
+    gaps = torch.randint(0, 90_000, (6, 40), generator=g).double()
+    gaps[0] *= 1e9  # would overflow int64 if cast before clipping
+    times = (1.0e9 + torch.cumsum(gaps, 1)).float()
+    lengths = torch.tensor([40, 1, 17, 3, 39, 25])
+    divisor = min_nonzero_gap(times, lengths)
+    t = times.double()
+    want = torch.floor((t.unsqueeze(2) - t.unsqueeze(1)).abs() / divisor.view(-1, 1, 1)).clamp(0, 256).long()
+    real = history_mask(lengths, 40)
+    want = want.masked_fill(~(real.unsqueeze(2) & real.unsqueeze(1)), 0)
+    assert torch.equal(interval_matrix(times, lengths, divisor, 256), want)
+
+
+def test_used_buckets_renumbers_each_sample():
+    g = torch.Generator().manual_seed(5)
+    intervals = torch.randint(0, 7, (4, 6, 6), generator=g)
+    intervals[1] = 3  # a sample using one bucket only
+    intervals[2, :, :] = torch.tensor([0, 6]).repeat(18).view(6, 6)  # the two extreme buckets
+    compact, rows = used_buckets(intervals, 7, renumber_below=1.01)  # always renumber
+    width = max(len(torch.unique(intervals[b])) for b in range(4))
+    assert rows.shape == (4, width) and compact.dtype == torch.int64
+    for b in range(4):
+        used = torch.unique(intervals[b])  # sorted
+        assert torch.equal(rows[b, : len(used)], used)  # increasing bucket order, then padding
+        assert torch.equal(compact[b].unique(), torch.arange(len(used)))
+    assert torch.equal(rows.gather(1, compact.flatten(1)).view_as(intervals), intervals)
+    # a batch using (nearly) every bucket keeps the full tables: nothing to renumber
+    assert width == 7
+    same, rows = used_buckets(intervals, 7)
+    assert same is intervals and rows is None
+    fewer = intervals.clamp(max=2)
+    compact, rows = used_buckets(fewer, 7)
+    assert rows.shape == (4, 3) and torch.equal(rows.gather(1, compact.flatten(1)).view_as(fewer), fewer)
+
+
+def _same_mask_dropout(seed):
+    """Dropout whose mask on a [B, rows, d] table is a fixed function of (sample, bucket, channel):
+    lets the "used" and "table" interval masks be compared exactly."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(5, 64, 12, generator=g) > 0.3).float() / 0.7  # [B, bucket, channel]
+
+
+@pytest.mark.parametrize("renumber_below", [1.01, 0.0])  # always renumber / never (full per-sample tables)
+def test_interval_mask_used_equals_table_given_the_same_masks(monkeypatch, renumber_below):
+    """With the same per-(sample, bucket, channel) mask, drawing it for the used buckets only gives exactly
+    the "table" outputs and gradients: only the random stream differs."""
+    import recbole_timeplug.model.sequential_recommender.tisasrec as tis
+
+    items, lengths, times = _batch(seed=2)
+    inter = dict(_interaction(items, lengths, times), item_id=torch.randint(1, 30, (5,)))
+    mask = _same_mask_dropout(1)
+    results = {}
+    for mode in ("used", "table"):
+        model = _model(interval_mask=mode, dropout_prob=0.3).train()
+        for block in model.blocks:  # keep the interval-table dropout the only random part
+            block.attention.attn_dropout.p = 0.0
+            block.feed_forward.dropout.p = 0.0
+        captured = {}
+
+        def recording_used_buckets(intervals, n_buckets):
+            captured["compact"], captured["rows"] = used_buckets(intervals, n_buckets, renumber_below)
+            return captured["compact"], captured["rows"]
+
+        class SameMaskDropout(torch.nn.Module):
+            def forward(self, x):
+                if x.shape[1] == items.shape[1]:  # items, positions [B, L, d]: no dropout (k+1 = 7 < L = 8)
+                    return x
+                if mode == "table":  # [B, k+1, d]
+                    return x * mask[:, : x.shape[1]]
+                if captured["rows"] is None:  # full tables
+                    return x * mask[:, : x.shape[1]]
+                return x * mask.gather(1, captured["rows"].unsqueeze(-1).expand(-1, -1, x.shape[2]))
+
+        monkeypatch.setattr(tis, "used_buckets", recording_used_buckets)
+        model.emb_dropout = SameMaskDropout()
+        loss = model.calculate_loss(inter)
+        loss.backward()
+        monkeypatch.undo()
+        assert ("rows" in captured) == (mode == "used")
+        if mode == "used":  # renumbered to fewer rows than k+1, or kept whole (rows None)
+            assert (captured["rows"] is None) == (renumber_below == 0.0)
+            assert renumber_below == 0.0 or captured["rows"].shape[1] < model.time_span + 1
+        results[mode] = (loss.detach(), [p.grad.clone() for p in model.parameters()])
+    assert (results["used"][0] - results["table"][0]).abs().item() <= 1e-6
+    for a, b in zip(results["used"][1], results["table"][1]):
+        assert (a - b).abs().max().item() <= 1e-5
+
+
 def test_training_paths_run_and_pad_row_stays_zero():
-    for mode in ("bucket", "pair"):
-        model = _model(interval_dropout=mode).train()
+    for mode, mask in (("bucket", "used"), ("bucket", "table"), ("pair", "used")):
+        model = _model(interval_dropout=mode, interval_mask=mask).train()
         items, lengths, times = _batch()
         inter = dict(_interaction(items, lengths, times), item_id=torch.randint(1, 30, (5,)))
         loss = model.calculate_loss(inter)
@@ -284,6 +375,8 @@ def test_training_paths_run_and_pad_row_stays_zero():
         ("time_scale", "user_min", "time_scale"),
         ("n_heads", 5, "n_heads"),
         ("interval_dropout", "cell", "interval_dropout"),
+        ("interval_mask", "all", "interval_mask"),
+        ("interval_mask", None, "interval_mask"),
         ("time_span", 0, "time_span"),
         ("loss_type", "BPR", "train_neg_sample_args"),
     ],

@@ -111,14 +111,48 @@ def interval_matrix(time_seq, seq_len, divisor, time_span, rounding="floor"):
         start = t.masked_fill(~real, math.inf).amin(dim=1, keepdim=True)  # earliest real time
         start = torch.where(torch.isfinite(start), start, torch.zeros_like(start))  # empty history
         steps = torch.round((t - start).unsqueeze(2) / divisor)  # [B, L, 1]: t'_i = round((t_i - t_0) / r)
-        scaled = (steps - steps.transpose(1, 2)).abs()
+        scaled = (steps - steps.transpose(1, 2)).abs_()
     elif rounding == "floor":
-        scaled = torch.floor((t.unsqueeze(2) - t.unsqueeze(1)).abs() / divisor)
+        # in place on one [B, L, L] float64 buffer (the same operations and roundings as out of place)
+        scaled = (t.unsqueeze(2) - t.unsqueeze(1)).abs_().div_(divisor).floor_()
     else:
         raise ValueError(f"interval rounding must be one of {INTERVAL_ROUNDINGS}, got {rounding!r}")
     # clamp in float64 *before* the integer cast: huge gaps (ms timestamps, bad units) never overflow
-    intervals = scaled.clamp_(0, time_span).to(torch.int64)
-    return intervals.masked_fill_(~(real.unsqueeze(2) & real.unsqueeze(1)), 0)
+    scaled = scaled.clamp_(0, time_span)
+    return scaled.masked_fill_(~(real.unsqueeze(2) & real.unsqueeze(1)), 0).to(torch.int64)
+
+
+def used_buckets(intervals, n_buckets, renumber_below=0.75):
+    """Renumber each sample's *used* buckets ``0..u_b-1`` (in increasing bucket order).
+
+    Training-time interval dropout only has to draw masks for the buckets a sample's pairs actually use
+    (at most ``min(k+1, L(L-1)/2 + 1)``, on ml-100k at L = 20 about 23 of 257 on average), so the
+    per-sample tables can be ``[B, u, d]`` with ``u = max_b u_b`` instead of ``[B, k+1, d]``.
+
+    Args:
+        intervals: ``[B, L, L]`` int64 bucket ids in ``[0, n_buckets)``.
+        n_buckets: ``k + 1``.
+        renumber_below: renumber only when ``u < renumber_below * n_buckets``; otherwise (long histories use
+            nearly every bucket, and the renumbering gather costs more than it saves) ``compact`` is
+            ``intervals`` itself and ``rows`` is None (use the full ``[B, k+1, d]`` tables).
+    Returns:
+        ``(compact, rows)``: ``compact`` ``[B, L, L]`` int64 with ``rows[b, compact[b, i, j]] ==
+        intervals[b, i, j]``; ``rows`` ``[B, u]`` int64, the bucket each compact id stands for (slots
+        ``>= u_b`` of a sample hold bucket 0 and are never referenced). ``u`` is read on the host (one sync).
+    """
+    b = intervals.shape[0]
+    flat = intervals.reshape(b, -1)
+    used = torch.zeros(b, n_buckets, dtype=torch.bool, device=intervals.device).scatter_(1, flat, True)
+    rank = used.cumsum(1) - 1  # compact id of every used bucket (int64)
+    width = int(rank[:, -1].max()) + 1  # u = the largest number of used buckets in the batch
+    if width >= renumber_below * n_buckets:
+        return intervals, None
+    compact = rank.gather(1, flat).view_as(intervals)
+    # unused buckets go to a dump column that is cut off
+    target = torch.where(used, rank, torch.full_like(rank, width))
+    buckets = torch.arange(n_buckets, device=intervals.device).expand(b, -1)
+    rows = torch.zeros(b, width + 1, dtype=torch.long, device=intervals.device).scatter_(1, target, buckets)
+    return compact, rows[:, :width]
 
 
 # ----------------------------------------------------------------------------------- attention

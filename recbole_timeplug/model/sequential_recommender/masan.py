@@ -118,6 +118,10 @@ class MASAN(SequentialRecommender):
             )
         self.entmax_n_iter = check.positive_int("entmax_n_iter")
         self.entmax_newton_iter = check.positive_int("entmax_newton_iter")
+        self.entmax_newton_tol = check.number(
+            "entmax_newton_tol", "stop Newton once every step is <= this; 0 = always entmax_newton_iter steps",
+            low=0.0, low_open=False,
+        )
         self.entmax_dim = check.one_of("entmax_dim", (-2, -1), "-2: over the sequence axis (LightSANs); -1: over interests")
         self.entmax_on_aggregation = check.boolean("entmax_on_aggregation")
         self.entmax_on_position = check.boolean("entmax_on_position")
@@ -153,7 +157,7 @@ class MASAN(SequentialRecommender):
             entmax_on_aggregation=self.entmax_on_aggregation,
             entmax_on_position=self.entmax_on_position,
             mask_padding=self.mask_padding,
-            normaliser=Normaliser(self.entmax_impl, n_iter),
+            normaliser=Normaliser(self.entmax_impl, n_iter, self.entmax_newton_tol if self.entmax_impl == "newton" else 0.0),
         )
         self.LayerNorm = nn.LayerNorm(self.hidden_size, eps=self.layer_norm_eps)
         self.dropout = nn.Dropout(self.hidden_dropout_prob)

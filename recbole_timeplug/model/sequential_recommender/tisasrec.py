@@ -35,7 +35,10 @@ Deviations from the official code, all documented in the README paragraph and th
 * Attention is "bucketed" (docs/models.md §1.4), never building B x L x L x d tensors; identical to the paper in
   eval. Training-time dropout on interval embeddings is then per (sample, bucket, channel) instead of per
   (pair, channel): ``interval_dropout: bucket`` (default). ``interval_dropout: pair`` restores the
-  official per-pair dropout by training with the naive (memory-hungry) formulation.
+  official per-pair dropout by training with the naive (memory-hungry) formulation. With ``bucket``,
+  ``interval_mask: used`` (default) draws masks only for the buckets each sample uses (per-sample
+  tables of the used rows); ``table`` draws them for all k+1 rows (the earlier random stream; the
+  distribution of every used mask is the same).
 * Right padding with a key-padding mask instead of left padding (RecBole's format); padded keys are
   masked (pmixer's port masks queries instead - a bug).
 * In RecBole every training sample is one prefix with one target, so ``BCE`` gives each consecutive pair
@@ -61,12 +64,14 @@ from recbole_timeplug.layers.time_interval import (
     min_nonzero_gap,
     naive_interval_attention,
     pair_embeddings,
+    used_buckets,
     user_min_gap_table,
 )
 from recbole_timeplug.validation import ConfigChecks
 
 LOSS_TYPES = ("CE", "BPR", "BCE")
 INTERVAL_DROPOUTS = ("bucket", "pair")
+INTERVAL_MASKS = ("used", "table")
 INITIALIZERS = ("xavier_uniform", "normal")
 
 
@@ -148,6 +153,10 @@ class TiSASRec(SequentialRecommender):
         self.interval_dropout = check.one_of("interval_dropout", INTERVAL_DROPOUTS)
         self.interval_rounding = check.one_of(
             "interval_rounding", INTERVAL_ROUNDINGS, "floor: the paper's floor(|dt| / r); official: the code's", default="floor"
+        )
+        self.interval_mask = check.one_of(
+            "interval_mask", INTERVAL_MASKS,
+            "with interval_dropout bucket: draw masks for the buckets a sample uses (used) or for all k+1 (table)",
         )
         self.layer_norm_eps = check.number("layer_norm_eps", low=0)
         self.initializer = check.one_of("initializer", INITIALIZERS)
@@ -236,10 +245,20 @@ class TiSASRec(SequentialRecommender):
 
         dropping = self.training and self.dropout_prob > 0
         naive = dropping and self.interval_dropout == "pair"
+        rows = None
+        if dropping and not naive and self.interval_mask == "used":
+            # one mask per (sample, bucket, channel), shared by the pairs of that bucket, drawn only for the
+            # buckets the sample uses: per-sample tables [B, u, d] indexed by renumbered intervals. Same
+            # distribution of every used (sample, bucket, channel) mask as "table", another random stream.
+            # rows None: the batch uses nearly every bucket, so the full tables are kept
+            intervals, rows = used_buckets(intervals, self.time_span + 1)
         if naive:  # official: independent dropout on every pair's interval embedding (B x L x L x d)
             interval_key = self.emb_dropout(pair_embeddings(intervals, self.interval_key_embedding.weight))
             interval_value = self.emb_dropout(pair_embeddings(intervals, self.interval_value_embedding.weight))
-        elif dropping:  # one mask per (sample, bucket, channel), shared by the pairs of that bucket
+        elif dropping and rows is not None:
+            interval_key = self.emb_dropout(F.embedding(rows, self.interval_key_embedding.weight))
+            interval_value = self.emb_dropout(F.embedding(rows, self.interval_value_embedding.weight))
+        elif dropping:  # one [B, k+1, d] mask per table ("table", or "used" on a batch using most buckets)
             interval_key = self.emb_dropout(self.interval_key_embedding.weight.expand(batch, -1, -1))
             interval_value = self.emb_dropout(self.interval_value_embedding.weight.expand(batch, -1, -1))
         else:

@@ -160,7 +160,7 @@ def _reference_encode(model, seq, lengths, times):
 # ------------------------------------------------------------------------------------------ SSD scan
 
 
-@pytest.mark.parametrize("length,chunk,ngroups", [(37, 8, 1), (37, 16, 2), (5, 8, 1), (32, 8, 1)])
+@pytest.mark.parametrize("length,chunk,ngroups", [(37, 8, 1), (37, 16, 2), (5, 8, 1), (32, 8, 1), (27, 16, 1)])
 def test_torch_scan_matches_naive_recurrence_float64(length, chunk, ngroups):
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(length=length, ngroups=ngroups)
     delta = torch.log1p(torch.exp(dt + dt_bias))  # softplus written out (no threshold reached here)

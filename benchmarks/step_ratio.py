@@ -1,0 +1,104 @@
+"""Training-step time of a model vs RecBole's SASRec, measured alternately in one process (a noisy-box ratio).
+
+    OMP_NUM_THREADS=1 python benchmarks/step_ratio.py --model TiM4Rec --batch_size 1024 --seq_len 20
+    OMP_NUM_THREADS=1 python benchmarks/step_ratio.py --model TiM4Rec --batch_size 16 --seq_len 50 --set chunk_size=64
+
+Both models are built from their shipped YAML defaults (SASRec: RecBole's SASRec.yaml) at ``--hidden_size``,
+on the same synthetic right-padded batch (lengths uniform in 1..L, increasing Unix-second timestamps). One
+step is ``calculate_loss`` + backward + Adam; the two models take turns, step by step, so a load change on a
+shared machine hits both, and the printed ratio is the ratio of the medians.
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import yaml
+
+def _defaults(path):
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    for key, value in values.items():  # PyYAML reads 1e-12 (no dot) as a string; RecBole's loader does not
+        if isinstance(value, str):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                pass
+    return values
+
+
+def build(name, args):
+    import recbole
+
+    from recbole_timeplug import get_model
+    from recbole_timeplug.registry import model_config_files
+    from recbole_timeplug.testing import ItemCountDataset, standalone_config
+
+    recbole_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml")
+    cfg = _defaults(recbole_yaml) if os.path.isfile(recbole_yaml) else {}
+    for path in model_config_files(name, "none"):
+        if not path.endswith("overall.yaml"):
+            cfg.update(_defaults(path))
+    cfg.update(
+        MAX_ITEM_LIST_LENGTH=args.seq_len, hidden_size=args.hidden_size, embedding_size=args.hidden_size,
+        inner_size=2 * args.hidden_size, loss_type="CE", train_neg_sample_args=None, device="cpu",
+    )
+    if name != "SASRec":
+        cfg.update(args.overrides)
+    torch.manual_seed(0)
+    return get_model(name)(standalone_config(**cfg), ItemCountDataset(args.n_items))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="TiM4Rec")
+    p.add_argument("--batch_size", type=int, default=1024)
+    p.add_argument("--seq_len", type=int, default=20)
+    p.add_argument("--hidden_size", type=int, default=64)
+    p.add_argument("--n_items", type=int, default=1700)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], help="key=value for --model (YAML syntax)")
+    args = p.parse_args()
+    args.overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+
+    import recbole_timeplug  # noqa: F401  (compat fixes: anomaly mode off)
+
+    models = {name: build(name, args).train() for name in ("SASRec", args.model)}
+    optims = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in models.items()}
+    g = torch.Generator().manual_seed(0)
+    B, L = args.batch_size, args.seq_len
+    lengths = torch.randint(1, L + 1, (B,), generator=g)
+    real = torch.arange(L)[None] < lengths[:, None]
+    times = 8.8e8 + torch.cumsum(torch.randint(0, 86_400, (B, L), generator=g), 1).double()
+    batch = {
+        "item_id_list": torch.where(real, torch.randint(1, args.n_items, (B, L), generator=g), 0),
+        "item_length": lengths,
+        "timestamp_list": torch.where(real, times, 0.0),
+        "item_id": torch.randint(1, args.n_items, (B,), generator=g),
+        "user_id": torch.randint(1, 100, (B,), generator=g),
+    }
+
+    def step(name):
+        optims[name].zero_grad(set_to_none=True)
+        models[name].calculate_loss(batch).backward()
+        optims[name].step()
+
+    for _ in range(args.warmup):
+        for name in models:
+            step(name)
+    times_ms = {name: [] for name in models}
+    for _ in range(args.steps):
+        for name in models:
+            start = time.perf_counter()
+            step(name)
+            times_ms[name].append((time.perf_counter() - start) * 1e3)
+    med = {name: statistics.median(v) for name, v in times_ms.items()}
+    print(f"B={B} L={L} threads={torch.get_num_threads()}: SASRec {med['SASRec']:.1f} ms, {args.model} "
+          f"{med[args.model]:.1f} ms, ratio {med[args.model] / med['SASRec']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

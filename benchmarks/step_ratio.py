@@ -17,30 +17,18 @@ import time
 import torch
 import yaml
 
-def _defaults(path):
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f) or {}
-    for key, value in values.items():  # PyYAML reads 1e-12 (no dot) as a string; RecBole's loader does not
-        if isinstance(value, str):
-            try:
-                values[key] = float(value)
-            except ValueError:
-                pass
-    return values
-
-
 def build(name, args):
     import recbole
 
     from recbole_timeplug import get_model
     from recbole_timeplug.registry import model_config_files
-    from recbole_timeplug.testing import ItemCountDataset, standalone_config
+    from recbole_timeplug.testing import ItemCountDataset, standalone_config, yaml_defaults
 
     recbole_yaml = os.path.join(os.path.dirname(recbole.__file__), "properties", "model", f"{name}.yaml")
-    cfg = _defaults(recbole_yaml) if os.path.isfile(recbole_yaml) else {}
+    cfg = yaml_defaults(recbole_yaml) if os.path.isfile(recbole_yaml) else {}
     for path in model_config_files(name, "none"):
         if not path.endswith("overall.yaml"):
-            cfg.update(_defaults(path))
+            cfg.update(yaml_defaults(path))
     cfg.update(
         MAX_ITEM_LIST_LENGTH=args.seq_len, hidden_size=args.hidden_size, embedding_size=args.hidden_size,
         inner_size=2 * args.hidden_size, loss_type="CE", train_neg_sample_args=None, device="cpu",

@@ -31,35 +31,21 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 
-def _yaml_defaults(path):
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f) or {}
-    for key, value in values.items():  # YAML 1.1 reads "1e-12" as a string; RecBole's loader does not
-        if isinstance(value, str):
-            try:
-                values[key] = float(value)
-            except ValueError:
-                pass
-    return values
-
-
 def build(model_name, backend, length, hidden, n_items, device):
     import recbole_timeplug  # noqa: F401  (compat fixes: anomaly mode off, numpy aliases)
-    from recbole_timeplug.testing import ItemCountDataset, standalone_config
+    from recbole_timeplug.testing import ItemCountDataset, standalone_config, yaml_defaults
 
     base = {"MAX_ITEM_LIST_LENGTH": length, "device": device}
     if model_name == "SASRec":
         import recbole
         from recbole.model.sequential_recommender.sasrec import SASRec
 
-        cfg = _yaml_defaults(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", "SASRec.yaml"))
+        cfg = yaml_defaults(os.path.join(os.path.dirname(recbole.__file__), "properties", "model", "SASRec.yaml"))
         cfg.update(base, hidden_size=hidden, inner_size=4 * hidden, loss_type="CE")
         return SASRec(standalone_config(**cfg), ItemCountDataset(n_items))
     from recbole_timeplug.model.sequential_recommender.tim4rec import TiM4Rec
 
-    cfg = _yaml_defaults(os.path.join(REPO, "recbole_timeplug", "properties", "model", "TiM4Rec.yaml"))
+    cfg = yaml_defaults(os.path.join(REPO, "recbole_timeplug", "properties", "model", "TiM4Rec.yaml"))
     cfg.update(base, hidden_size=hidden, ssd_backend=backend)
     return TiM4Rec(standalone_config(**cfg), ItemCountDataset(n_items))
 

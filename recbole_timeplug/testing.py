@@ -40,3 +40,19 @@ class ItemCountDataset:
 def standalone_config(**values):
     """RecBole's default sequential field names, overridden and extended by ``values``."""
     return StandaloneConfig({**SEQUENTIAL_FIELDS, **values})
+
+
+def yaml_defaults(path):
+    """A YAML of defaults as a dict, with ``1e-12``-style numbers read as floats (PyYAML's YAML 1.1 reads
+    them as strings; RecBole's own loader does not)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    for key, value in values.items():
+        if isinstance(value, str):
+            try:
+                values[key] = float(value)
+            except ValueError:
+                pass
+    return values

@@ -241,6 +241,57 @@ def test_predict_equals_full_sort_column(small):
         torch.testing.assert_close(model.predict(batch), model.full_sort_predict(batch)[torch.arange(len(batch)), items])
 
 
+def _history_term_naive(model, user_seq, seq_len, item):
+    """Steps 6-7 for one (history, candidate), written out position by position."""
+    d, r = model.embedding_size, model.region_size
+    e = model.item_embedding.weight
+    pooled = None
+    for m in range(int(seq_len)):
+        h = int(user_seq[m])
+        p = model.lcu_history.weight[h].view(r, d) @ e[h]
+        q = model.lcu_history_candidate.weight[h].view(r, d) @ e[item]
+        s = p * q
+        pooled = s if pooled is None else torch.maximum(pooled, s)
+    return float(model.fc_history.weight[0].detach() @ pooled.detach())
+
+
+def test_user_history_adds_the_region_embedding_of_the_users_own_history(small):
+    """user_history: the score is the item side plus steps 6-7 over the user's own items (naive loop), in
+    training, sampled evaluation and chunked full ranking; the history's padding never counts."""
+    plain = _model(small)
+    model = _model(small, user_history=True)
+    model.load_state_dict(plain.state_dict(), strict=False)  # same item side
+    assert {"lcu_history.weight", "lcu_history_candidate.weight", "fc_history.weight"} == set(
+        model.state_dict()) - set(plain.state_dict())
+    inter = next(iter(small["train"]))
+    seq, lens = inter["item_id_list"], inter["item_length"]
+    assert (lens < seq.shape[1]).any()  # some histories are padded
+    cands = torch.stack([inter["item_id"], inter["neg_item_id"]], 1)
+    args = (inter["user_id"], cands, plain.query_time(inter))
+    with torch.no_grad():
+        got = model(*args, seq, lens) - plain(*args)
+    want = torch.tensor([[_history_term_naive(model, seq[b], lens[b], int(cands[b, c])) for c in range(2)]
+                         for b in range(len(cands))])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    loss = model.calculate_loss(inter)
+    loss.backward()
+    assert model.lcu_history_candidate.weight.grad.abs().sum() > 0
+    model.eval()
+    plain.eval()
+    batch = next(iter(small["test"]))[0]
+    with torch.no_grad():
+        full = model.full_sort_predict(batch) - plain.full_sort_predict(batch)
+        model.eval_user_chunk = 3  # blocks of rows in the history term too
+        torch.testing.assert_close(model.full_sort_predict(batch) - plain.full_sort_predict(batch), full)
+        for b in (0, len(batch) - 1):
+            want = torch.tensor([_history_term_naive(model, batch["item_id_list"][b], batch["item_length"][b], j)
+                                 for j in range(model.n_items)])
+            torch.testing.assert_close(full[b], want, rtol=1e-5, atol=1e-6)
+        items = torch.randint(1, model.n_items, (len(batch),), generator=torch.Generator().manual_seed(2))
+        batch.update(type(batch)({"item_id": items}))
+        torch.testing.assert_close(model.predict(batch), model.full_sort_predict(batch)[torch.arange(len(batch)), items])
+
+
 def test_max_neighbors_beyond_longest_history_equals_unlimited(small):
     unlimited = _model(small, max_neighbors=None)
     longest = int((unlimited.neighbor_index.item_ptr[1:] - unlimited.neighbor_index.item_ptr[:-1]).max())

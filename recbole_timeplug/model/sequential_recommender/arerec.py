@@ -17,6 +17,15 @@ candidate item j and query time t*, the neighbours n_1..n_W of j are its users b
 4. v = max_m s_m (masked: empty slots never win; no neighbour at all -> v = 0);
 5. score(u, j) = w_o^T v + b_o (+ b_j with ``cold_item_bias``).
 
+User side (``user_history: True``; the paper applies region embeddings "to both user and item historical
+sequences", the official code only to the item's).  Reconstructed, in the word-context form of region
+embeddings (Qiao et al., ICLR 2018): each item h owns two more r x d units, K_H[h] and K_C[h].  Over the
+user's own history h_1..h_L (``item_id_list``: strictly before the prediction, as for every sequential model)
+
+6. history profile p'_m = K_H[h_m] E_I[h_m] in R^r, candidate profile q'_m = K_C[h_m] E_I[j] in R^r,
+   history rating s'_m = p'_m * q'_m, v' = max_m s'_m over the real (not padded) positions;
+7. score(u, j) += w_h^T v'   (w_h: a second Linear(r -> 1) without bias).
+
 Training: BPR, -log sigma(score(u, j+) - score(u, j-)) with one uniform negative; the negative gets its
 own neighbours at the same t*.  L2 slots ``reg_weights`` = [q, k, v, concat, fc] (Keras l2: lambda * sum w^2
 of the kernels) and nine ``dropout_probs`` slots = [user emb, neighbour emb, item emb, K_UI, K_IU, neighbour
@@ -34,6 +43,10 @@ How this differs from the official code, and why (``docs/models.md`` §5.3-§5.5
   candidates (no neighbour before t*) would all tie at b_o, so ``cold_item_bias`` adds a learned per-item
   bias b_j to every score.  ``neighbor_window: recent`` is an option next to the official ``earliest``.
 * Split, model selection and metrics follow RecBole (temporal leave-one-out, selection on valid).
+* ``user_history`` adds the user-side region embedding the paper describes and the official code lacks
+  (steps 6-7).  Its form is ours: the LCUs belong to the history items (not to positions of one user's
+  history, which a test-time position would never have trained), and the candidate meets each history
+  item's unit directly — s'_m is linear in E_I[j], so full ranking is one matmul per row block.
 
 Efficiency.  ``_score_reference`` is the literal per-neighbour computation above (gathers an r x d LCU pair
 per slot).  ``_score_factored`` is the same math re-associated: with the ``earliest`` window an LCU id
@@ -107,6 +120,7 @@ class ARERec(SequentialRecommender):
         self.time_ref = check.one_of("time_ref", TIME_REFS)
         self.masked_max = check.boolean("masked_max")
         self.cold_item_bias = check.boolean("cold_item_bias")
+        self.user_history = check.boolean("user_history", default=False)
         self.eval_item_chunk = check.positive_int("eval_item_chunk", none_ok=True)
         self.eval_user_chunk = check.positive_int("eval_user_chunk", none_ok=True)
         max_neighbors = check.positive_int("max_neighbors", none_ok=True)
@@ -164,6 +178,10 @@ class ARERec(SequentialRecommender):
         self.fc = nn.Linear(r, 1)
         if self.cold_item_bias:
             self.item_bias = nn.Embedding(self.n_items, 1)
+        if self.user_history:  # steps 6-7: K_H (history item's own profile) and K_C (the candidate's), per item
+            self.lcu_history = nn.Embedding(self.n_items, r * d)
+            self.lcu_history_candidate = nn.Embedding(self.n_items, r * d)
+            self.fc_history = nn.Linear(r, 1, bias=False)
         self.dropouts = nn.ModuleList(nn.Dropout(p) for p in self.dropout_probs)
         self.loss_fct = BPRLoss()
         self._reset_parameters()
@@ -174,11 +192,17 @@ class ARERec(SequentialRecommender):
         # Dense glorot-uniform kernels and zero biases.
         for emb in (self.user_embedding, self.item_embedding):
             nn.init.uniform_(emb.weight, -0.05, 0.05)
-        for lcu in (self.lcu_user_item, self.lcu_item_user):
+        lcus = [self.lcu_user_item, self.lcu_item_user]
+        layers = [self.fc] + ([self.w_q, self.w_k, self.w_v, self.w_o] if self.use_attention else [])
+        if self.user_history:
+            lcus += [self.lcu_history, self.lcu_history_candidate]
+            layers.append(self.fc_history)
+        for lcu in lcus:
             nn.init.normal_(lcu.weight, 0.0, 0.01)
-        for layer in [self.fc] + ([self.w_q, self.w_k, self.w_v, self.w_o] if self.use_attention else []):
+        for layer in layers:
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
         if self.cold_item_bias:
             nn.init.zeros_(self.item_bias.weight)
 
@@ -333,11 +357,62 @@ class ARERec(SequentialRecommender):
             return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
         return BufferedAdam(self.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
-    def forward(self, user, items, query_time):
-        """Scores [B, C] of candidate ``items`` [B, C] for ``user`` [B] at ``query_time`` [B]."""
+    def forward(self, user, items, query_time, item_seq=None, item_seq_len=None):
+        """Scores [B, C] of candidate ``items`` [B, C] for ``user`` [B] at ``query_time`` [B]; with
+        ``user_history`` also the user's history ``item_seq`` [B, L] of lengths ``item_seq_len`` [B]."""
+        scores = self._item_side(user, items, query_time)
+        if self.user_history:
+            G, valid = self._history_units(item_seq, item_seq_len)
+            s = torch.einsum("blrd,bcd->bclr", G, self.item_embedding(items))
+            scores = scores + self._history_head(s.masked_fill(~valid[:, None, :, None], float("-inf")), valid, 2)
+        return scores
+
+    def _item_side(self, user, items, query_time):
+        """Steps 1-5 (the item's history): scores [B, C]."""
         if self._factored_ok():
             return self._score_factored(user, items, query_time)
         return self._score_reference(user, items, query_time)
+
+    # ------------------------------------------------------------------------------------ user side
+    def _history_units(self, item_seq, item_seq_len):
+        """Step 6 up to the candidate: G [B, L, r, d] with G_m = diag(p'_m) K_C[h_m], so s'_m = G_m E_I[j];
+        and the mask [B, L] of real history positions."""
+        B, L = item_seq.shape
+        d, r = self.embedding_size, self.region_size
+        p = torch.einsum("blrd,bld->blr", self.lcu_history(item_seq).view(B, L, r, d), self.item_embedding(item_seq))
+        G = p.unsqueeze(-1) * self.lcu_history_candidate(item_seq).view(B, L, r, d)
+        valid = torch.arange(L, device=item_seq.device) < item_seq_len.unsqueeze(-1)
+        return G, valid
+
+    def _history_head(self, s, valid, dim):
+        """Steps 6-7 from the history ratings ``s`` (padded positions already -inf) pooled over ``dim`` -> w_h^T v'.
+        ``s`` is [B, C, L, r] (dim 2) or [B, L, r, C] (dim 1); a history without items (never made by RecBole)
+        pools to v' = 0."""
+        v = s.amax(dim=dim)
+        empty = ~valid.any(dim=1)
+        if empty.any():
+            v = v.masked_fill(empty.view(-1, *([1] * (v.dim() - 1))), 0.0)
+        if dim == 2:  # [B, C, r]
+            return self.fc_history(v).squeeze(-1)
+        return torch.einsum("brc,r->bc", v, self.fc_history.weight[0])  # [B, r, C]
+
+    def _history_full_sort(self, item_seq, item_seq_len, scores, row_step):
+        """Adds steps 6-7 for every item to ``scores`` [B, n_items]: one [L*r, d] x [d, items] matmul per
+        block of rows and items (blocks of at most 2^22 ratings, ~16 MB)."""
+        B, N = scores.shape
+        L, r = item_seq.shape[1], self.region_size
+        items = self.item_embedding.weight  # [N, d]
+        for r0 in range(0, B, row_step):
+            rows = slice(r0, min(r0 + row_step, B))
+            G, valid = self._history_units(item_seq[rows], item_seq_len[rows])
+            b = G.shape[0]
+            G = G.reshape(b, L * r, -1)
+            pad = (~valid).view(b, L, 1, 1)
+            step = max(1, (1 << 22) // (b * L * r))
+            for c0 in range(0, N, step):
+                cols = slice(c0, min(c0 + step, N))
+                s = torch.matmul(G, items[cols].t()).view(b, L, r, -1).masked_fill_(pad, float("-inf"))
+                scores[rows, cols] += self._history_head(s, valid, 1)
 
     def reg_loss(self):
         layers = [self.w_q, self.w_k, self.w_v, self.w_o] if self.use_attention else [None] * 4
@@ -350,13 +425,19 @@ class ARERec(SequentialRecommender):
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        scores = self.forward(user, torch.stack([pos, neg], dim=1), self.query_time(interaction))
+        candidates = torch.stack([pos, neg], dim=1)
+        scores = self.forward(user, candidates, self.query_time(interaction), *self._history(interaction))
         return self.loss_fct(scores[:, 0], scores[:, 1]) + self.reg_loss()
 
     def predict(self, interaction):
         user = interaction[self.USER_ID]
         items = interaction[self.ITEM_ID].unsqueeze(1)
-        return self.forward(user, items, self.query_time(interaction)).squeeze(1)
+        return self.forward(user, items, self.query_time(interaction), *self._history(interaction)).squeeze(1)
+
+    def _history(self, interaction):
+        if not self.user_history:
+            return None, None
+        return interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN]
 
     def full_sort_predict(self, interaction):
         """Scores [B, n_items], computed in blocks of at most ``eval_user_chunk`` x ``eval_item_chunk``."""
@@ -370,15 +451,17 @@ class ARERec(SequentialRecommender):
         # all rows (_full_sort_fast).  Otherwise (recent window, or called in training mode) the general path.
         if self._factored_ok() and not self.training:
             self._full_sort_fast(user, query_time, scores, row_step, item_step)
-            return scores
-        all_items = torch.arange(N, device=user.device)
-        for r0 in range(0, B, row_step):
-            rows = slice(r0, min(r0 + row_step, B))
-            u, t = user[rows], query_time[rows]
-            for c0 in range(0, N, item_step):
-                cols = slice(c0, min(c0 + item_step, N))
-                items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
-                scores[rows, cols] = self.forward(u, items, t)
+        else:
+            all_items = torch.arange(N, device=user.device)
+            for r0 in range(0, B, row_step):
+                rows = slice(r0, min(r0 + row_step, B))
+                u, t = user[rows], query_time[rows]
+                for c0 in range(0, N, item_step):
+                    cols = slice(c0, min(c0 + item_step, N))
+                    items = all_items[cols].unsqueeze(0).expand(u.shape[0], -1)
+                    scores[rows, cols] = self._item_side(u, items, t)
+        if self.user_history:
+            self._history_full_sort(interaction[self.ITEM_SEQ], interaction[self.ITEM_SEQ_LEN], scores, row_step)
         return scores
 
     def _rating_tables(self):

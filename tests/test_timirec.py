@@ -65,10 +65,12 @@ def _config(data_dir, **extra):
 
 @pytest.fixture(scope="module")
 def built(data_dir):
-    """``(config, train_dataset, one training batch)`` of the tiny dataset (built once)."""
+    """``(config, train_dataset, one training batch)`` of the tiny dataset (built once), with the paper's BPR
+    (one uniform negative per sample) so that the batch also holds negatives."""
     from recbole.data import create_dataset, data_preparation
 
-    config = Config(config_dict=_config(data_dir, stage="pretrain"))
+    config = Config(config_dict=_config(data_dir, stage="pretrain", loss_type="BPR", train_neg_sample_args={
+        "distribution": "uniform", "sample_num": 1}))
     dataset = create_dataset(config)
     train_data, _, _ = data_preparation(config, dataset)
     batch = next(iter(train_data))
@@ -188,6 +190,24 @@ def test_pretrain_loss_routes_to_the_dot_product_argmax(built):
     u = z[torch.arange(len(k)), k]
     expected = -torch.log(1e-10 + torch.sigmoid((u * pos).sum(-1) - (u * neg).sum(-1))).mean()
     assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-6)
+
+
+def test_default_ce_loss_is_softmax_over_all_items_of_the_routed_interest(built):
+    """The default loss_type CE: cross-entropy of z_k* . E^T (all items) against the target, by hand."""
+    config, dataset, batch = built
+    model = _model(config, dataset, loss_type="CE", train_neg_sample_args=None)
+    ext = model.interest_extractor
+    z = ext(batch[model.ITEM_SEQ], batch[model.ITEM_SEQ_LEN])
+    pos = ext.item_embedding(batch[model.POS_ITEM_ID])
+    u = z[torch.arange(len(z)), torch.einsum("bkd,bd->bk", z, pos).argmax(-1)]
+    logits = u @ ext.item_embedding.weight.t()
+    target = batch[model.POS_ITEM_ID]
+    expected = (logits.logsumexp(-1) - logits[torch.arange(len(target)), target]).mean()
+    assert torch.allclose(model.calculate_loss(batch), expected, atol=1e-5)
+    from recbole_timeplug.registry import model_config_files
+
+    defaults = [p for p in model_config_files("TiMiRec", "none") if p.endswith("TiMiRec.yaml")]
+    assert "loss_type: CE" in open(defaults[0], encoding="utf-8").read()
 
 
 def test_kl_term_is_zero_when_student_equals_teacher():

@@ -10,7 +10,7 @@ from recbole_timeplug.model.sequential_recommender.timirec import TiMiRecConfigE
 from recbole_timeplug.validation import ConfigChecks
 
 CASES = [  # model, --key=value, the message's start, a word of what is allowed
-    ("TiSASRec", "time_span", -1, "TiSASRec: `time_span`=-1 is invalid", "integer >= 1"),
+    ("TiSASRec", "time_span", -1, "TiSASRec: `time_span`=-1 is invalid", "integer >= 0"),
     ("TiM4Rec", "MAX_ITEM_LIST_LENGTH", 0, "TiM4Rec: `MAX_ITEM_LIST_LENGTH`=0 is invalid", "integer >= 1"),
     ("TiM4Rec", "ssd_backend", "cuda", "TiM4Rec: `ssd_backend`='cuda' is invalid", "auto"),
     ("MASAN", "alpha_mode", "bogus", "MASAN: `alpha_mode`='bogus' is invalid", "adaptive, fixed, softmax"),

@@ -269,6 +269,23 @@ def test_real_positions_ignore_padding_content_and_the_future():
     assert (out - base)[torch.arange(len(lengths)), last].abs().max().item() > 1e-4  # and the last one does
 
 
+@torch.no_grad()
+def test_time_span_zero_is_the_time_blind_twin():
+    """time_span 0: every pair falls in bucket 0, so the output no longer depends on the timestamps (and the
+    same weights with k > 0 do depend on them: the check can fail)."""
+    items, lengths, times = _batch(seed=2)
+    stretched = times.double() * 1.0 + torch.cumsum(torch.full(times.shape, 3600.0, dtype=torch.float64), 1)
+    stretched = stretched.masked_fill(times == 0, 0.0).float()
+    for k, depends in ((0, False), (6, True)):
+        model = _model(time_span=k).eval()
+        with torch.no_grad():  # the same non-zero weights in both interval rows that k = 0 has
+            model.interval_key_embedding.weight.normal_(0.0, 0.5)
+            model.interval_value_embedding.weight.normal_(0.0, 0.5)
+        assert model.interval_key_embedding.weight.shape[0] == k + 1
+        diff = (model(items, lengths, times) - model(items, lengths, stretched)).abs().max().item()
+        assert (diff > 1e-4) == depends, (k, diff)
+
+
 def test_interval_matrix_equals_the_out_of_place_formula():
     """The in-place computation is the formula itself, bit for bit (incl. huge gaps clipped before the cast)."""
     g = torch.Generator().manual_seed(8)
@@ -377,7 +394,7 @@ def test_training_paths_run_and_pad_row_stays_zero():
         ("interval_dropout", "cell", "interval_dropout"),
         ("interval_mask", "all", "interval_mask"),
         ("interval_mask", None, "interval_mask"),
-        ("time_span", 0, "time_span"),
+        ("time_span", -1, "time_span"),
         ("loss_type", "BPR", "train_neg_sample_args"),
     ],
 )

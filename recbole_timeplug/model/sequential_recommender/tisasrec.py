@@ -145,7 +145,9 @@ class TiSASRec(SequentialRecommender):
         self.n_heads = check.positive_int("n_heads")
         check.divides("hidden_size", "n_heads", self.hidden_size, self.n_heads)
         self.dropout_prob = check.probability("dropout_prob")
-        self.time_span = check.positive_int("time_span", "the largest interval bucket k; paper: 256")
+        self.time_span = check.positive_int(
+            "time_span", "the largest interval bucket k; paper: 256; 0 = intervals off, the time-blind twin", minimum=0
+        )
         self.time_scale = check.one_of("time_scale", TIME_SCALES)
         self.time_unit = config["time_unit"]
         if self.time_scale == "none":

@@ -336,10 +336,10 @@ def _batches(small, n):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_dense_adam_variant_gives_bitwise_the_updates_of_recboles_adam(small, weight_decay):
-    """adam_variant dense (default): BufferedAdam, the very same numbers and state as RecBole's torch Adam."""
+    """adam_variant dense: BufferedAdam, the very same numbers and state as RecBole's torch Adam."""
     from recbole_timeplug.model.sequential_recommender.arerec import BufferedAdam
 
-    ours, recbole = _model(small), _model(small)
+    ours, recbole = _model(small, adam_variant="dense"), _model(small)
     batches = _batches(small, 3)
     ours_opt = ours.build_optimizer(0.01, weight_decay)
     assert isinstance(ours_opt, BufferedAdam)
@@ -363,7 +363,7 @@ def test_dense_adam_variant_gives_bitwise_the_updates_of_recboles_adam(small, we
 
 
 def test_fused_adam_variant_is_adam_up_to_rounding(small):
-    """Compared on what the model computes: Adam turns rounding noise in directions without gradient (e.g. the key
+    """adam_variant fused (the default). Compared on what the model computes: Adam turns rounding noise in directions without gradient (e.g. the key
     bias, which the softmax ignores) into lr-sized moves, so such parameters are not comparable element-wise."""
     ours, recbole = _model(small, adam_variant="fused"), _model(small)
     ours_opt, recbole_opt = ours.build_optimizer(0.01), torch.optim.Adam(recbole.parameters(), lr=0.01)
@@ -386,7 +386,7 @@ def test_fused_adam_variant_is_adam_up_to_rounding(small):
 def test_lazy_adam_variant_steps_only_the_touched_lcu_rows(small):
     """adam_variant lazy: sparse LCU gradients + SparseAdam.  Rows a batch does not touch stay put, unlike
     dense Adam, which keeps moving every row with non-zero moments."""
-    lazy, dense = _model(small, adam_variant="lazy"), _model(small)
+    lazy, dense = _model(small, adam_variant="lazy"), _model(small, adam_variant="dense")
     first, second = _batches(small, 2)
     lazy.train(), dense.train()
     torch.testing.assert_close(lazy.calculate_loss(first), dense.calculate_loss(first))  # same forward
@@ -420,13 +420,21 @@ def test_arerec_trainer_builds_the_adam_variant(small, tmp_path):
     saved = config["checkpoint_dir"]
     config["checkpoint_dir"] = str(tmp_path)
     try:
-        for variant, kind in (("lazy", OptimizerPair), ("dense", torch.optim.Adam)):
+        for variant, kind in (("lazy", OptimizerPair), ("dense", torch.optim.Adam), (None, torch.optim.Adam)):
+            if variant is None:  # the default: fused
+                assert config["adam_variant"] == "fused"
+                variant = "fused"
             model = _model(small, adam_variant=variant)
             trainer = get_trainer(config["MODEL_TYPE"], "ARERec")(config, model)
             assert isinstance(trainer.optimizer, kind)
+            assert bool(trainer.optimizer.param_groups[0].get("fused")) == (variant == "fused") or variant == "lazy"
+        config["learner"] = "sgd"  # another learner: RecBole's optimizer, whatever the (default) adam_variant
+        trainer = get_trainer(config["MODEL_TYPE"], "ARERec")(config, _model(small))
+        assert isinstance(trainer.optimizer, torch.optim.SGD)
 
     finally:
         config["checkpoint_dir"] = saved
+        config["learner"] = "adam"
 
 
 @pytest.mark.parametrize(
@@ -454,7 +462,7 @@ def test_lazy_adam_variant_rejects_what_sparse_adam_cannot_do(small, key, value)
 
 
 # ------------------------------------------------------------------------------------ end to end
-@pytest.mark.parametrize("adam_variant", ["dense", "lazy"])
+@pytest.mark.parametrize("adam_variant", ["dense", "fused", "lazy"])
 def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config, adam_variant):
     """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly (also with the
     two optimizers of adam_variant lazy in one state dict)."""

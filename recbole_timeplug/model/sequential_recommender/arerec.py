@@ -64,9 +64,10 @@ window has no fixed user per LCU and always uses the literal path (much slower i
 chunks or use ``uni100``).
 
 Optimizer.  The two LCU tables hold almost all parameters, and Adam over dense gradients updates every row
-every step; ``adam_variant`` (``build_optimizer``, used by ``ARERecTrainer``) picks ``dense`` (default, the
-official behaviour, bitwise RecBole's Adam), ``fused`` (same Adam, fused kernel) or ``lazy`` (sparse LCU
-gradients + SparseAdam: a different optimiser, much faster at small batches).
+every step; ``adam_variant`` (``build_optimizer``, used by ``ARERecTrainer`` with ``learner: adam``) picks
+``fused`` (default: the official algorithm, Adam over dense gradients, in torch's fused kernel), ``dense`` (the
+same Adam, bitwise RecBole's) or ``lazy`` (sparse LCU gradients + SparseAdam: a different optimiser, much
+faster at small batches).  Other learners get RecBole's optimizer.
 """
 
 import math
@@ -142,9 +143,10 @@ class ARERec(SequentialRecommender):
             default=[0.0] * len(REG_SLOTS),
         )
         self.adam_variant = check.one_of(
-            "adam_variant", ADAM_VARIANTS, "dense = Adam over dense gradients as the official code, fused = the same "
-            "in one fused kernel, lazy = sparse LCU gradients with SparseAdam", default="dense")
-        if self.adam_variant != "dense" and str(config["learner"]).lower() != "adam":
+            "adam_variant", ADAM_VARIANTS, "fused = Adam over dense gradients as the official code in one fused "
+            "kernel, dense = the same, bitwise RecBole's Adam, lazy = sparse LCU gradients with SparseAdam",
+            default="fused")
+        if self.adam_variant == "lazy" and str(config["learner"]).lower() != "adam":
             raise check.error("adam_variant", self.adam_variant, f"it needs learner: adam (got {config['learner']!r})")
         if self.adam_variant == "lazy":
             for key in ("weight_decay", "clip_grad_norm"):  # SparseAdam has no weight decay; no norm of sparse grads

@@ -210,6 +210,23 @@ def test_default_ce_loss_is_softmax_over_all_items_of_the_routed_interest(built)
     assert "loss_type: CE" in open(defaults[0], encoding="utf-8").read()
 
 
+def test_extractor_dropout_is_off_by_default_and_only_acts_in_training(built):
+    """dropout_prob 0 (official): no random numbers drawn; > 0: train-mode interests vary, eval-mode ones equal
+    the undropped model with the same weights."""
+    config, dataset, batch = built
+    seq, lens = batch[config["ITEM_ID_FIELD"] + config["LIST_SUFFIX"]], batch[config["ITEM_LIST_LENGTH_FIELD"]]
+    plain = _model(config, dataset).train()
+    state = torch.get_rng_state()
+    plain.interest_extractor(seq, lens)
+    assert torch.equal(torch.get_rng_state(), state)
+    dropped = _model(config, dataset, dropout_prob=0.3).train()
+    dropped.load_state_dict(plain.state_dict())
+    a, b = dropped.interest_extractor(seq, lens), dropped.interest_extractor(seq, lens)
+    assert (a - b).abs().max() > 1e-3
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval().interest_extractor(seq, lens), plain.eval().interest_extractor(seq, lens))
+
+
 def test_kl_term_is_zero_when_student_equals_teacher():
     torch.manual_seed(4)
     t = torch.randn(6, 4)

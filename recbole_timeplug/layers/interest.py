@@ -8,7 +8,9 @@ layout: slot ``j`` < ``n`` holds ``s_{j+1}``, pads are item 0); ``E`` the item t
 
 * Reverse positions (§4.2):  ``pi_j = n - j`` for a real slot ``j`` (newest -> 1, oldest -> n), 0 for pads.
 * Input:  ``x_j = E[s_j] + P[pi_j]`` (``add_pos``), then optionally one post-LN Transformer layer
-  (:class:`InterestTransformerLayer`, ``add_trm``), then pad rows zeroed.
+  (:class:`InterestTransformerLayer`, ``add_trm``), then pad rows zeroed.  ``dropout_prob`` (0 in the official
+  code, where nothing is dropped) drops ``x`` after the position sum and the attention and FFN outputs before
+  their residual sums, as SASRec's hidden dropout does.
 * Interest attention:  ``a_j = W_2 tanh(W_1 x_j + b_1) + b_2`` in R^K, pads -> -inf, ``A = softmax_j``;
   interest vectors ``z_k = sum_j A_kj x_j``  (:class:`MultiInterestExtractor`).
 * Routing:
@@ -41,11 +43,13 @@ class InterestTransformerLayer(nn.Module):
 
     Single head with separate ``W_q, W_k, W_v`` (with bias) and *no* output projection; bidirectional
     attention with a key-padding mask only (the input is history only, so looking "ahead" leaks nothing);
-    ``X1 = LN(X + attn(X))``, ``X2 = LN(X1 + W_b relu(W_a X1))`` with ``d_ff = d``; dropout 0.
+    ``X1 = LN(X + drop(attn(X)))``, ``X2 = LN(X1 + drop(W_b relu(W_a X1)))`` with ``d_ff = d``; the official
+    dropout is 0.
     """
 
-    def __init__(self, d_model, layer_norm_eps=1e-5):
+    def __init__(self, d_model, layer_norm_eps=1e-5, dropout_prob=0.0):
         super().__init__()
+        self.dropout = _dropout(dropout_prob)
         self.q_linear = nn.Linear(d_model, d_model)
         self.k_linear = nn.Linear(d_model, d_model)
         self.v_linear = nn.Linear(d_model, d_model)
@@ -62,8 +66,13 @@ class InterestTransformerLayer(nn.Module):
         scores = scores.masked_fill(~valid.unsqueeze(1), float("-inf"))
         # a row whose keys are all pads (only for an empty history) would be NaN: make it 0 as ReChorus does
         attn = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
-        x1 = self.layer_norm1(x + torch.matmul(attn, v))
-        return self.layer_norm2(x1 + self.linear2(torch.relu(self.linear1(x1))))
+        x1 = self.layer_norm1(x + self.dropout(torch.matmul(attn, v)))
+        return self.layer_norm2(x1 + self.dropout(self.linear2(torch.relu(self.linear1(x1)))))
+
+
+def _dropout(p):
+    # p = 0: no module at all, so the official configuration draws no random numbers
+    return nn.Dropout(p) if p > 0 else nn.Identity()
 
 
 class MultiInterestExtractor(nn.Module):
@@ -73,8 +82,10 @@ class MultiInterestExtractor(nn.Module):
     gives a complete ComiRec-SA(+) recommender.
     """
 
-    def __init__(self, n_items, embedding_size, attn_size, n_interests, max_seq_length, add_pos=True, add_trm=True):
+    def __init__(self, n_items, embedding_size, attn_size, n_interests, max_seq_length, add_pos=True, add_trm=True,
+                 dropout_prob=0.0):
         super().__init__()
+        self.dropout = _dropout(dropout_prob)
         self.n_interests = n_interests
         self.max_seq_length = max_seq_length
         self.add_pos = bool(add_pos)
@@ -84,7 +95,7 @@ class MultiInterestExtractor(nn.Module):
         if self.add_pos:
             self.position_embedding = nn.Embedding(max_seq_length + 1, embedding_size)  # row 0 = pads
         if self.add_trm:
-            self.transformer = InterestTransformerLayer(embedding_size)
+            self.transformer = InterestTransformerLayer(embedding_size, dropout_prob=dropout_prob)
         self.W1 = nn.Linear(embedding_size, attn_size)
         self.W2 = nn.Linear(attn_size, n_interests)
 
@@ -94,6 +105,7 @@ class MultiInterestExtractor(nn.Module):
         x = self.item_embedding(item_seq)
         if self.add_pos:
             x = x + self.position_embedding(reverse_positions(item_seq_len, item_seq.size(1)))
+        x = self.dropout(x)
         if self.add_trm:
             x = self.transformer(x, valid)
             x = x * valid.unsqueeze(-1).to(x.dtype)

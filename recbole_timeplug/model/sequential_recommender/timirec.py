@@ -90,6 +90,7 @@ class TiMiRec(SequentialRecommender):
         self.proj_layers = check.positive_int("proj_layers")
         self.loss_type = check.loss_type(("BPR", "CE"))
         self.freeze_extractor = bool(config["freeze_extractor"])
+        self.dropout_prob = check.probability("dropout_prob", default=0.0)
 
         self.interest_extractor = MultiInterestExtractor(
             self.n_items,
@@ -99,6 +100,7 @@ class TiMiRec(SequentialRecommender):
             self.max_seq_length,
             add_pos=bool(config["add_pos"]),
             add_trm=bool(config["add_trm"]),
+            dropout_prob=self.dropout_prob,
         )
         if self.phase == "finetune":  # the student exists only in the finetune model (docs/models.md §4.4)
             self.interest_predictor = InterestPredictor(self.n_items, self.embedding_size)

@@ -28,7 +28,7 @@ from recbole_timeplug.data.checks import empty_data_message, missing_timestamp_p
 from recbole_timeplug.errors import DataError, DatasetNotFoundError, MissingFieldError, TimeplugError
 from recbole_timeplug.registry import get_model, get_trainer
 from recbole_timeplug.utils import plain_metrics
-from recbole_timeplug.validation import check_sequence_length
+from recbole_timeplug.validation import check_sequence_length, torch_compile_setting
 
 DATASET_DOCS = "dataset/README.md"
 
@@ -133,6 +133,7 @@ def _prepare(config, logger=None):
         (logger or getLogger()).info(note)
     check_required_fields(config, model_class)
     missing_timestamp_policy(config)  # a bad value fails before the data is read
+    torch_compile_setting(config)  # (the trainer reads it; a bad value fails here, before the data is read)
     dataset = create_dataset(config)
     check_required_fields(config, model_class, dataset)
     if len(dataset.inter_feat) == 0:

@@ -9,6 +9,10 @@ is this package's :class:`Trainer`) and changes only how checkpoints are written
 * resuming writes to new files, never to the one it resumed from;
 * under DDP all ranks agree on the file name and wait for rank 0 to finish writing before loading.
 
+With ``torch_compile: True`` it also runs each training epoch through a ``torch.compile``-d
+``model.calculate_loss`` (:class:`CompiledLoss`; evaluation stays eager, the module and its state_dict keys
+are untouched; if compiling fails: one warning, then eager).
+
 A model with its own training procedure defines ``<Model>Trainer`` here (subclassing :class:`Trainer`
 or ``safe_trainer(<RecBole trainer>)``); ``registry.get_trainer`` finds it by name.
 """
@@ -34,6 +38,7 @@ from recbole_timeplug.checkpoint import (
 from recbole_timeplug.errors import CheckpointError
 from recbole_timeplug.model.sequential_recommender.timirec import phase_of_state_dict
 from recbole_timeplug.utils import plain_metrics
+from recbole_timeplug.validation import torch_compile_setting
 
 
 def _reserve_checkpoint_name(directory, stem):
@@ -51,6 +56,51 @@ def _reserve_checkpoint_name(directory, stem):
             except FileExistsError:
                 pass
         n += 1
+
+
+class CompiledLoss:
+    """``model.calculate_loss`` through ``torch.compile``; after a failure to compile, the eager method.
+
+    The bound method is compiled, not the module: ``model`` stays a plain module (no ``_orig_mod.`` prefix in
+    its state_dict, checkpoints and resume unchanged).  Compiling happens on the first call (and again when
+    a new input shape comes, e.g. the last, smaller batch); any error there is logged once as a warning and
+    training goes on eager (the batch is recomputed eagerly, so an error of the model itself is raised there).
+    """
+
+    def __init__(self, model, logger):
+        self.model = model
+        self.eager = model.calculate_loss
+        self.logger = logger
+        self.name = f"{type(model).__name__}.calculate_loss"
+        try:
+            self.compiled = torch.compile(self.eager)
+        except Exception as err:  # noqa: BLE001 - e.g. torch.compile unavailable: fall back
+            self._fall_back(err)
+        else:
+            logger.info(f"torch_compile: compiling {self.name} (the first training batches take longer)")
+
+    def _fall_back(self, err):
+        self.compiled = None
+        first_line = (str(err).strip().splitlines() or [""])[0][:300]
+        self.logger.warning(
+            f"torch_compile: compiling {self.name} failed ({type(err).__name__}: {first_line}); training eager"
+        )
+
+    @property
+    def active(self):
+        """Whether the compiled function is (still) in use."""
+        return self.compiled is not None
+
+    def __call__(self, interaction):
+        if self.compiled is not None:
+            try:
+                return self.compiled(interaction)
+            except Exception as err:  # noqa: BLE001 - no C++ compiler, unsupported op, ...: fall back
+                self._fall_back(err)
+        return self.eager(interaction)
+
+
+_NOT_SET = object()
 
 
 def last_file_of(best_file):
@@ -81,6 +131,8 @@ class CheckpointMixin:
         self._last_trained_epoch = None
         self._latest_valid_result = None
         self._wrote_best = False
+        self.torch_compile = torch_compile_setting(config)
+        self.compiled_loss = None  # CompiledLoss of self.model, built at the first training epoch
         # callables (trainer, "train" | "valid", seconds), told after every epoch / validation pass, in every
         # training stage (``run_recbole(epoch_listeners=...)``; benchmarks time runs with them)
         self.epoch_listeners = []
@@ -166,8 +218,32 @@ class CheckpointMixin:
         self._train_data = train_data
         self._last_trained_epoch = epoch_idx
         return self._timed(
-            "train", lambda: super(CheckpointMixin, self)._train_epoch(train_data, epoch_idx, *args, **kwargs)
+            "train",
+            lambda: self._with_compiled_loss(
+                lambda: super(CheckpointMixin, self)._train_epoch(train_data, epoch_idx, *args, **kwargs)
+            ),
         )
+
+    def _with_compiled_loss(self, run):
+        """``run()``; with ``torch_compile``, ``self.model.calculate_loss`` is the compiled one during it.
+
+        The compiled method is an instance attribute only while the epoch runs (every RecBole trainer asks
+        ``self.model.calculate_loss``), then removed: the module is the eager one for evaluation and saving.
+        """
+        if not self.torch_compile:
+            return run()
+        model = self.model
+        if self.compiled_loss is None or self.compiled_loss.model is not model:
+            self.compiled_loss = CompiledLoss(model, self.logger)
+        own = model.__dict__.get("calculate_loss", _NOT_SET)
+        model.__dict__["calculate_loss"] = self.compiled_loss
+        try:
+            return run()
+        finally:
+            if own is _NOT_SET:
+                model.__dict__.pop("calculate_loss", None)
+            else:
+                model.__dict__["calculate_loss"] = own
 
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data

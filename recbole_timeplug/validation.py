@@ -15,7 +15,14 @@ needs) live here too, so that every model and the runners fail the same way.
 
 from recbole_timeplug.errors import ModelConfigError
 
-__all__ = ["ConfigChecks", "ModelConfigError", "check_sequence_length", "is_number", "negative_sampling_on"]
+__all__ = [
+    "ConfigChecks",
+    "ModelConfigError",
+    "check_sequence_length",
+    "is_number",
+    "negative_sampling_on",
+    "torch_compile_setting",
+]
 
 
 def negative_sampling_on(neg_sample_args):
@@ -150,6 +157,14 @@ def check_sequence_length(config):
     """Every sequential model needs ``MAX_ITEM_LIST_LENGTH`` >= 1 (checked before any data is loaded)."""
     return ConfigChecks(config["model"], config).positive_int(
         "MAX_ITEM_LIST_LENGTH", "the number of past items a sequential model reads (e.g. 50)"
+    )
+
+
+def torch_compile_setting(config):
+    """The run-control key ``torch_compile`` (unset, e.g. a config built without this package's overall.yaml:
+    False)."""
+    return ConfigChecks(config["model"], config).boolean(
+        "torch_compile", "compile the model's training step with torch.compile", default=False
     )
 
 

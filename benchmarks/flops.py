@@ -14,23 +14,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 try:
-    from benchmarks.step_ratio import build
+    from benchmarks.step_ratio import build, make_batch
 except ImportError:  # run as a script: benchmarks/ is sys.path[0]
-    from step_ratio import build
-
-
-def synthetic_batch(B, L, n_items):
-    g = torch.Generator().manual_seed(0)
-    lengths = torch.randint(1, L + 1, (B,), generator=g)
-    real = torch.arange(L)[None] < lengths[:, None]
-    times = 8.8e8 + torch.cumsum(torch.randint(0, 86_400, (B, L), generator=g), 1).double()
-    return {
-        "item_id_list": torch.where(real, torch.randint(1, n_items, (B, L), generator=g), 0),
-        "item_length": lengths,
-        "timestamp_list": torch.where(real, times, 0.0),
-        "item_id": torch.randint(1, n_items, (B,), generator=g),
-        "user_id": torch.randint(1, 100, (B,), generator=g),
-    }
+    from step_ratio import build, make_batch
 
 
 def step_flops(model, batch):
@@ -53,7 +39,7 @@ def main():
     args.overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     import recbole_timeplug  # noqa: F401  (compat fixes)
 
-    batch = synthetic_batch(args.batch_size, args.seq_len, args.n_items)
+    batch = make_batch(args)
     base = step_flops(build("SASRec", args).train(), batch)
     print(f"B={args.batch_size} L={args.seq_len} d={args.hidden_size}: SASRec {base / 1e9:.3f} GFLOP per step")
     for name in args.models.split(","):

@@ -25,6 +25,7 @@ SMALL = {  # ARERec small enough for a 2-core CPU
     "n_heads": 2,
     "max_neighbors": 6,
     "MAX_ITEM_LIST_LENGTH": 10,
+    "user_history": False,  # the item side alone (the official model); the user side has its own tests
     "train_batch_size": 64,
     "eval_batch_size": 4096,
     "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
@@ -258,7 +259,7 @@ def _history_term_naive(model, user_seq, seq_len, item):
 def test_user_history_adds_the_region_embedding_of_the_users_own_history(small):
     """user_history: the score is the item side plus steps 6-7 over the user's own items (naive loop), in
     training, sampled evaluation and chunked full ranking; the history's padding never counts."""
-    plain = _model(small)
+    plain = _model(small, user_history=False)
     model = _model(small, user_history=True)
     model.load_state_dict(plain.state_dict(), strict=False)  # same item side
     assert {"lcu_history.weight", "lcu_history_candidate.weight", "fc_history.weight"} == set(

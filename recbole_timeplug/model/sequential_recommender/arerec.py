@@ -17,7 +17,7 @@ candidate item j and query time t*, the neighbours n_1..n_W of j are its users b
 4. v = max_m s_m (masked: empty slots never win; no neighbour at all -> v = 0);
 5. score(u, j) = w_o^T v + b_o (+ b_j with ``cold_item_bias``).
 
-User side (``user_history: True``; the paper applies region embeddings "to both user and item historical
+User side (``user_history``, default True; the paper applies region embeddings "to both user and item historical
 sequences", the official code only to the item's).  Reconstructed, in the word-context form of region
 embeddings (Qiao et al., ICLR 2018): each item h owns two more r x d units, K_H[h] and K_C[h].  Over the
 user's own history h_1..h_L (``item_id_list``: strictly before the prediction, as for every sequential model)

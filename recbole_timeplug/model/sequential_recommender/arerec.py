@@ -121,7 +121,7 @@ class ARERec(SequentialRecommender):
         self.time_ref = check.one_of("time_ref", TIME_REFS)
         self.masked_max = check.boolean("masked_max")
         self.cold_item_bias = check.boolean("cold_item_bias")
-        self.user_history = check.boolean("user_history", default=False)
+        self.user_history = check.boolean("user_history", default=True)
         self.eval_item_chunk = check.positive_int("eval_item_chunk", none_ok=True)
         self.eval_user_chunk = check.positive_int("eval_user_chunk", none_ok=True)
         max_neighbors = check.positive_int("max_neighbors", none_ok=True)

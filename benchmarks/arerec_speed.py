@@ -3,7 +3,7 @@
     OMP_NUM_THREADS=1 python benchmarks/arerec_speed.py --threads 1 --length 50 --batch_sizes 16,1024
 
 Both models are built on RecBole's shipped ml-100k under ``configs/ml-100k_results.yaml`` with
-``MAX_ITEM_LIST_LENGTH = --length`` (ARERec never reads the history; SASRec's cost grows with it), each with
+``MAX_ITEM_LIST_LENGTH = --length`` (ARERec reads it only with `user_history`; SASRec's cost grows with it), each with
 its own YAML defaults, and trained by the optimizer the package's trainer builds for it (``learner``,
 ``learning_rate`` of the config; ``--set KEY=VALUE`` overrides ARERec's config, e.g. ``--set lcu_sparse_grad=True``).
 

@@ -30,6 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from recbole_timeplug.layers.dropout import Dropout
+
 
 def reverse_positions(item_seq_len, max_len):
     """``[B, L]`` reverse position ids: ``n - j`` for real slots ``j < n`` (most recent item -> 1), 0 for pads."""
@@ -49,7 +51,7 @@ class InterestTransformerLayer(nn.Module):
 
     def __init__(self, d_model, layer_norm_eps=1e-5, dropout_prob=0.0):
         super().__init__()
-        self.dropout = _dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)  # p = 0 (official) draws no random numbers
         self.q_linear = nn.Linear(d_model, d_model)
         self.k_linear = nn.Linear(d_model, d_model)
         self.v_linear = nn.Linear(d_model, d_model)
@@ -70,10 +72,6 @@ class InterestTransformerLayer(nn.Module):
         return self.layer_norm2(x1 + self.dropout(self.linear2(torch.relu(self.linear1(x1)))))
 
 
-def _dropout(p):
-    # p = 0: no module at all, so the official configuration draws no random numbers
-    return nn.Dropout(p) if p > 0 else nn.Identity()
-
 
 class MultiInterestExtractor(nn.Module):
     """Self-attentive multi-interest extractor (docs/models.md §4.2): history -> ``K`` interests ``[B, K, d]``.
@@ -85,7 +83,7 @@ class MultiInterestExtractor(nn.Module):
     def __init__(self, n_items, embedding_size, attn_size, n_interests, max_seq_length, add_pos=True, add_trm=True,
                  dropout_prob=0.0):
         super().__init__()
-        self.dropout = _dropout(dropout_prob)
+        self.dropout = Dropout(dropout_prob)  # p = 0 (official) draws no random numbers
         self.n_interests = n_interests
         self.max_seq_length = max_seq_length
         self.add_pos = bool(add_pos)

@@ -24,6 +24,20 @@ every command that contributed. ``--render`` rewrites the table and chart from t
 is marked † in the table. A multi-stage model (TiMiRec) also gets a row per earlier stage
 (``TiMiRec · pretrain`` = ComiRec+), tested on the same split.
 A model that fails is reported in the table with its error; the other models still run.
+
+**Significance.** Every run's per-user test metrics (one value per test user, see
+``recbole_timeplug.evaluation``) are saved in ``<out>/per_user/<dataset>/<model>-seed<seed>.json``. Each row is
+tested against ``--reference`` (default SASRec), paired over users: Wilcoxon signed-rank on each user's metric
+averaged over the model's seeds (pooled) and on each seed alone, Holm-corrected over the rows (per metric), with a
+paired-bootstrap 95 % CI of the mean difference. The table marks ▲ / ▼ (significantly better / worse at α = 0.05
+after correction); ``--pairs A:B,...`` adds the ablation pairs (a model against its idea switched off, e.g.
+``TiM4Rec:SSD4Rec``), Holm-corrected over the pairs.
+
+**Resuming.** With ``--append``, a (model, seed) run the table already has with the same settings is kept and not
+run again (``--rerun`` forces it), so an interrupted table is resumed by repeating its command; other seeds of the
+same settings accumulate, and a model run with other settings replaces its old runs.
+``--import LABEL=CHECKPOINT`` adds a model trained by another command (e.g. ``run_recbole.py``) from its best
+checkpoint: its saved weights are tested (per-user metrics included; no training times).
 """
 
 import argparse
@@ -77,13 +91,36 @@ def parse_args(argv=None):
     p.add_argument("--append", action="store_true",
                    help="add to <out>/<dataset>.json instead of replacing it: models run now replace their old "
                         "rows, the other rows are kept (run models in parallel processes, or add one later)")
+    p.add_argument("--rerun", action="store_true",
+                   help="with --append: train again the (model, seed) runs the table already has with the same "
+                        "settings (by default they are kept and skipped, so an interrupted table resumes)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="LABEL=CHECKPOINT",
+                   help="add a model trained elsewhere (e.g. by run_recbole.py) from its best checkpoint: its saved "
+                        "weights are tested, per-user metrics included; repeatable; with --append it joins the table")
+    p.add_argument("--reference", default="SASRec",
+                   help="the row every other row is tested against (paired over users; default SASRec)")
+    p.add_argument("--pairs", default="",
+                   help="ablation pairs 'A:B,C:D' (A vs B, paired over users), tabled under 'Does the idea help'")
     p.add_argument("--render", action="store_true",
                    help="train nothing: rewrite <dataset>.md/.png from <out>/<dataset>.json (e.g. after installing "
                         "matplotlib); --models, if given, puts those rows first in that order")
     args = p.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not args.models and not args.render:
+    if not args.models and not args.render and not args.imports:
         p.error("--models is empty: give comma-separated model names, e.g. --models SASRec,GRU4Rec")
+    imports = []
+    for item in args.imports:
+        label, sep, path = item.partition("=")
+        if not sep or not label.strip() or not path.strip():
+            p.error(f"--import {item!r}: expected LABEL=CHECKPOINT, e.g. SASRec=saved/SASRec-ml-100k-<time>.pth")
+        if not os.path.isfile(path.strip()):
+            p.error(f"--import {item!r}: checkpoint {path.strip()!r} does not exist")
+        imports.append((label.strip(), path.strip()))
+    args.imports = imports
+    args.pairs = [tuple(x.strip() for x in pair.split(":")) for pair in args.pairs.split(",") if pair.strip()]
+    for pair in args.pairs:
+        if len(pair) != 2 or not all(pair):
+            p.error(f"--pairs: expected A:B[,C:D...], got {':'.join(pair)!r}")
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
@@ -184,16 +221,10 @@ def run_one(model, dataset, config_files, config_dict, label=None):
     start = time.perf_counter()
     try:
         result = qs.run_recbole(
-            model, dataset, config_file_list=config_files, config_dict=config_dict, saved=True, epoch_listeners=[probe]
+            model, dataset, config_file_list=config_files, config_dict=config_dict, saved=True,
+            epoch_listeners=[probe], per_user=True,
         )
-        record.update(
-            status="ok",
-            test=result["test_result"],
-            valid=result["best_valid_result"],
-            best_valid_score=result["best_valid_score"],
-        )
-        if result.get("stages"):  # multi-stage models (TiMiRec): each earlier stage's own numbers
-            record["stages"] = result["stages"]
+        _record_result(record, result)
     except Exception as err:  # noqa: BLE001 - a failing model is reported in the table, not fatal
         traceback.print_exc()
         message = str(err).strip().splitlines()
@@ -212,6 +243,72 @@ def run_one(model, dataset, config_files, config_dict, label=None):
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    return record
+
+
+def _record_result(record, result):
+    """Metrics of a finished run into its record; per-user test metrics under ``per_user`` (saved apart)."""
+    record.update(
+        status="ok",
+        test=result["test_result"],
+        valid=result["best_valid_result"],
+        best_valid_score=result["best_valid_score"],
+        per_user=result.get("test_per_user"),
+    )
+    if result.get("stages"):  # multi-stage models (TiMiRec): each earlier stage's own numbers
+        record["stages"] = result["stages"]
+
+
+def import_one(label, checkpoint, dataset):
+    """A record for a model trained elsewhere: its saved best weights evaluated on valid and test (no training).
+
+    ``checkpoint`` is a best-model file written by a training run (RecBole's ``<Model>-<dataset>-<time>.pth``);
+    epochs come from it and its ``-last`` file, settings from the configuration stored in it. Training times
+    are unknown (``–``). A TiMiRec file's stage one (``-pretrain.pth`` beside it) is imported as its stage row.
+    """
+    import torch
+
+    import recbole_timeplug.quick_start as qs
+    from recbole_timeplug.checkpoint import load_checkpoint
+    from recbole_timeplug.trainer import last_file_of
+
+    record = {"model": label, "imported_from": os.path.abspath(checkpoint)}
+    start = time.perf_counter()
+    try:
+        payload = load_checkpoint(checkpoint, map_location="cpu")
+        config, _ = qs.build_config(config_dict={"checkpoint_path": checkpoint})
+        if dataset and config["dataset"] != dataset:
+            raise ValueError(f"{checkpoint} was trained on {config['dataset']!r}, not on {dataset!r}")
+        record.update({"class": payload["model"], "seed": config["seed"], "config_files": [],
+                       "config_dict": {"checkpoint_path": os.path.abspath(checkpoint), "test_only": True}})
+        last = last_file_of(checkpoint)
+        last_epoch = load_checkpoint(last, map_location="cpu")["epoch"] if os.path.isfile(last) else None
+        record.update(
+            params=int(sum(v.numel() for v in payload["state_dict"].values() if torch.is_floating_point(v))),
+            epochs=None if last_epoch is None else last_epoch + 1, best_epoch=payload.get("epoch"),
+            s_per_epoch=None, s_per_eval=None, settings=_settings(config, payload["model"], config["dataset"], label),
+        )
+        del payload
+        result = qs.run_recbole(config_dict={"checkpoint_path": checkpoint, "test_only": True,
+                                             "show_progress": False}, per_user=True)
+        _record_result(record, result)
+        stem = checkpoint[: -len(".pth")] if checkpoint.endswith(".pth") else checkpoint
+        pretrain = stem + "-pretrain.pth"
+        if os.path.isfile(pretrain):
+            stage = import_one(f"{label} · pretrain", pretrain, dataset)
+            record["stages"] = {"pretrain": {"test_result": stage.get("test"), "best_valid_score":
+                                             stage.get("best_valid_score"), "best_valid_result": stage.get("valid"),
+                                             "test_per_user": stage.get("per_user"), "params": stage.get("params"),
+                                             "epochs": stage.get("epochs"), "best_epoch": stage.get("best_epoch")}}
+    except Exception as err:  # noqa: BLE001 - reported in the table like a failed run
+        traceback.print_exc()
+        message = str(err).strip().splitlines()
+        record.update(status="failed", error=f"{type(err).__name__}: {message[0] if message else ''}"[:300])
+        for key in ("class", "seed", "config_files", "config_dict", "params", "epochs", "best_epoch",
+                    "s_per_epoch", "s_per_eval", "settings"):
+            record.setdefault(key, None if key not in ("config_files", "config_dict") else ([] if key == "config_files" else {}))
+    record["wall_s"] = time.perf_counter() - start
+    gc.collect()
     return record
 
 
@@ -316,15 +413,161 @@ def stage_records(record):
         if not numbers.get("test_result"):
             continue
         rows.append({
-            **{k: record[k] for k in ("class", "seed", "config_files", "config_dict", "settings", "made_by")
-               if k in record},
+            **{k: record[k] for k in ("class", "seed", "config_files", "config_dict", "settings", "made_by",
+                                      "imported_from") if k in record},
             "model": f"{record['model']} · {stage}", "stage_of": record["model"], "status": "ok",
             "test": numbers["test_result"], "valid": numbers.get("best_valid_result"),
             "best_valid_score": numbers.get("best_valid_score"), "params": numbers.get("params"),
             "epochs": numbers.get("epochs"), "best_epoch": numbers.get("best_epoch"),
             "s_per_epoch": numbers.get("s_per_epoch"), "s_per_eval": numbers.get("s_per_eval"),
+            "per_user": numbers.get("test_per_user"),
         })
     return rows
+
+
+# ------------------------------------------------------------------------------------ significance
+ALPHA = 0.05
+SIGNIFICANCE_METRIC = "ndcg@10"  # the metric of the detailed tables (the main table marks every metric)
+
+
+def _per_user_runs(records, out):
+    """``{model: {seed: {user: {metric: value}}}}`` from the per-user files of the records that have one."""
+    runs = {}
+    for record in records:
+        name = record.get("per_user_file")
+        if record.get("status") != "ok" or not name:
+            continue
+        path = os.path.join(out, name)
+        if not os.path.isfile(path):
+            print(f"results.py: {path} is missing: {record['model']} seed {record.get('seed')} "
+                  f"is left out of the paired tests", file=sys.stderr)
+            continue
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        users = data["users"] or list(range(len(next(iter(data["metrics"].values())))))
+        runs.setdefault(record["model"], {})[record.get("seed")] = {
+            u: {m: v[i] for m, v in data["metrics"].items()} for i, u in enumerate(users)}
+    return runs
+
+
+def _paired_arrays(a_runs, b_runs, metric, seeds=None):
+    """Values of the users both sides have, each averaged over that side's seeds (or over ``seeds``)."""
+    def has_metric(runs):
+        return all(metric in values for run in runs.values() for values in run.values())
+
+    if not has_metric(a_runs) or not has_metric(b_runs):
+        return None
+
+    def pooled(runs):
+        chosen = [runs[s] for s in (seeds or sorted(runs, key=str)) if s in runs]
+        users = set.intersection(*(set(r) for r in chosen)) if chosen else set()
+        return {u: sum(r[u][metric] for r in chosen) / len(chosen) for u in users}, len(chosen)
+
+    a, na = pooled(a_runs)
+    b, nb = pooled(b_runs)
+    users = sorted(set(a) & set(b), key=str)
+    if not users or not na or not nb:
+        return None
+    import numpy as np
+
+    return np.array([a[u] for u in users]), np.array([b[u] for u in users])
+
+
+def _compare(a_runs, b_runs, metric):
+    """Pooled (per-user mean over seeds) Wilcoxon p and bootstrap CI of the mean difference, and per-seed p."""
+    from recbole_timeplug.evaluation import paired_bootstrap_ci, wilcoxon_p
+
+    pair = _paired_arrays(a_runs, b_runs, metric)
+    if pair is None:
+        return None
+    diff, low, high = paired_bootstrap_ci(*pair)
+    per_seed = {}
+    for seed in sorted(set(a_runs) & set(b_runs), key=str):
+        seeded = _paired_arrays(a_runs, b_runs, metric, seeds=[seed])
+        if seeded is not None:
+            per_seed[seed] = wilcoxon_p(*seeded)
+    return {"n_users": len(pair[0]), "diff": diff, "ci": (low, high), "p": wilcoxon_p(*pair), "per_seed": per_seed}
+
+
+def significance(records, models, out, reference="SASRec", pairs=()):
+    """Paired tests over users: every row against ``reference`` (every metric) and each ablation pair.
+
+    Holm's correction runs over the rows tested against the reference (per metric) and over the pairs.
+    A marker is ▲ / ▼ when the Holm-adjusted pooled p < ALPHA and the mean difference is positive /
+    negative. Returns ``None`` when no run has per-user metrics.
+    """
+    from recbole_timeplug.evaluation import holm
+
+    runs = _per_user_runs(records, out)
+    if not runs:
+        return None
+    result = {"reference": reference, "markers": {}, "vs_reference": {}, "pairs": []}
+    if reference in runs:
+        others = [m for m in models if m != reference and m in runs]
+        for metric in METRICS:
+            tests = [_compare(runs[m], runs[reference], metric) for m in others]
+            adjusted = holm([t["p"] if t else None for t in tests])
+            for model, test, p_adj in zip(others, tests, adjusted):
+                if test is None:
+                    continue
+                test["p_holm"] = p_adj
+                result["vs_reference"].setdefault(model, {})[metric] = test
+                if p_adj is not None and p_adj < ALPHA and test["diff"] != 0:
+                    result["markers"][(model, metric)] = "▲" if test["diff"] > 0 else "▼"
+    tests = [(a, b, _compare(runs[a], runs[b], SIGNIFICANCE_METRIC) if a in runs and b in runs else None)
+             for a, b in pairs]
+    for (a, b, test), p_adj in zip(tests, holm([t["p"] if t else None for _, _, t in tests])):
+        if test is not None:
+            test["p_holm"] = p_adj
+        result["pairs"].append((a, b, test))
+    return result
+
+
+def _fmt_p(p):
+    if p is None:
+        return "–"
+    return f"{p:.2g}" if p >= 0.001 else "<0.001"
+
+
+def _significance_lines(stats, rows, dataset):
+    ref, metric = stats["reference"], SIGNIFICANCE_METRIC
+    label = METRIC_LABELS[metric]
+    means = {row["model"]: row[metric][0] for row in rows}
+    lines = [f"## Paired tests against {ref}", "",
+             f"Each user's test {label} (averaged over the seeds a model has), paired by user with {ref}'s: "
+             f"Wilcoxon signed-rank p (two-sided), Holm-corrected over the rows of this table, and a 95 % "
+             f"paired-bootstrap CI of the mean difference (10,000 resamples of the users). `per seed`: the same "
+             f"test on one seed of each (uncorrected). In the table above, ▲ / ▼ mark a significantly higher / "
+             f"lower mean than {ref} (Holm-adjusted p < {ALPHA}, every metric corrected on its own); no mark = "
+             f"no significant difference.", "",
+             f"| Model | {label} | Δ vs {ref} [95 % CI] | p | p (Holm) | p per seed | users |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for model, tests in stats["vs_reference"].items():
+        t = tests.get(metric)
+        if t is None:
+            continue
+        seeds = ", ".join(f"{s}: {_fmt_p(p)}" for s, p in t["per_seed"].items()) or "–"
+        mark = stats["markers"].get((model, metric), "")
+        lines.append(f"| {model} | {means.get(model, 0):.4f}{mark} | {t['diff']:+.4f} [{t['ci'][0]:+.4f}, "
+                     f"{t['ci'][1]:+.4f}] | {_fmt_p(t['p'])} | {_fmt_p(t['p_holm'])} | {seeds} | {t['n_users']} |")
+    lines.append("")
+    if stats["pairs"]:
+        lines += ["## Does the idea help", "",
+                  f"Each model against its own ablation (the idea switched off), paired by user on test {label}; "
+                  f"Holm-corrected over the pairs.", "",
+                  f"| Model | Ablation | {label} | ablation's | Δ [95 % CI] | p | p (Holm) | p per seed |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]
+        for a, b, t in stats["pairs"]:
+            if t is None:
+                lines.append(f"| {a} | {b} | – | – | (no per-user metrics for both) | | | |")
+                continue
+            seeds = ", ".join(f"{s}: {_fmt_p(p)}" for s, p in t["per_seed"].items()) or "–"
+            mark = ("▲" if t["diff"] > 0 else "▼") if t["p_holm"] is not None and t["p_holm"] < ALPHA else ""
+            lines.append(f"| {a} | {b} | {means.get(a, 0):.4f}{mark} | {means.get(b, 0):.4f} | {t['diff']:+.4f} "
+                         f"[{t['ci'][0]:+.4f}, {t['ci'][1]:+.4f}] | {_fmt_p(t['p'])} | {_fmt_p(t['p_holm'])} | "
+                         f"{seeds} |")
+        lines.append("")
+    return lines
 
 
 # ------------------------------------------------------------------------------------ outputs
@@ -370,8 +613,10 @@ def _run_command(record, dataset):
     return f'python run_recbole.py --model={model} --dataset={dataset} --config_files="{files}" {extra}'.strip()
 
 
-def write_markdown(path, dataset, commands, records, models, rows, chart_name):
-    """``commands``: [(command, environment)] of every results.py run whose records are in the table."""
+def write_markdown(path, dataset, commands, records, models, rows, chart_name, stats=None):
+    """``commands``: [(command, environment)] of every results.py run whose records are in the table;
+    ``stats``: :func:`significance`'s result (markers and the paired-test sections), if any."""
+    markers = (stats or {}).get("markers", {})
     first_ok = next((r for r in records if r["status"] == "ok" and r["settings"]), None)
     lines = [f"# Results on `{dataset}`", ""]
     for i, (command, e) in enumerate(commands):
@@ -409,7 +654,8 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
         cells = [row["model"]]
         for m in METRICS:
             cell = _fmt(row[m])
-            cells.append(f"**{cell}**" if best[m] is not None and row[m][0] == best[m] and len(rows) > 1 else cell)
+            cell = f"**{cell}**" if best[m] is not None and row[m][0] == best[m] and len(rows) > 1 else cell
+            cells.append(cell + markers.get((row["model"], m), ""))
         epochs = _fmt_int(row["epochs"]) + ("†" if row["capped"] else "") \
             + (f" ({_fmt_int(row['best_epoch'])})" if row["best_epoch"][0] is not None else "")
         cells += [_fmt(row["valid"]), _fmt_int(row["params"]), epochs, _fmt(row["s_per_epoch"], 2), _fmt(row["s_per_eval"], 2)]
@@ -425,8 +671,14 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
                      "tested on the same split (for TiMiRec, pretrain only = ComiRec+); the main row's epochs and "
                      "timings are its last stage's, each stage having the same epoch budget.")
     lines.append("")
+    if any(r.get("imported_from") for r in records):
+        lines.append("Rows of runs imported with `--import` (trained by another command, tested here from their "
+                     "saved best weights) have no training times; their checkpoints are named under Exact settings.")
+        lines.append("")
     if chart_name:
         lines += [f"![test metrics on {dataset}]({chart_name})", ""]
+    if stats:
+        lines += _significance_lines(stats, rows, dataset)
     lines += ["## Exact settings", ""]
     for model in models:
         rec = next((r for r in records if r["model"] == model and r["settings"]), None)
@@ -434,6 +686,11 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
         lines.append("")
         rec_any = next(r for r in records if r["model"] == model)
         lines += ["```", _run_command(rec_any, dataset), "```", ""]
+        imported = sorted({os.path.basename(r["imported_from"]) for r in records
+                           if r["model"] == model and r.get("imported_from")})
+        if imported:
+            lines += ["Imported from " + ", ".join(f"`{name}`" for name in imported)
+                      + " (the stored settings are the training run's).", ""]
         if rec is None:
             lines += ["(no configuration: the run failed before its trainer was built)", ""]
             continue
@@ -448,8 +705,10 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name):
         f.write("\n".join(lines))
 
 
-def plot(path, dataset, rows):
-    """Grouped bar chart of the test metrics (error bars = std over seeds); False if matplotlib is missing."""
+def plot(path, dataset, rows, markers=None):
+    """Grouped bar chart of the test metrics (error bars = std over seeds, ▲/▼ = significant difference from
+    the reference model, see :func:`significance`); False if matplotlib is missing."""
+    markers = markers or {}
     try:
         import matplotlib
 
@@ -469,6 +728,9 @@ def plot(path, dataset, rows):
         means = [row[m][0] or 0.0 for m in METRICS]
         errs = [row[m][1] or 0.0 for m in METRICS]
         ax.bar(xs, means, width, yerr=errs if any(errs) else None, capsize=2, label=row["model"])
+        for x, metric, mean, err in zip(xs, METRICS, means, errs):
+            if (row["model"], metric) in markers:
+                ax.text(x, mean + err, markers[(row["model"], metric)], ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(METRICS)))
     ax.set_xticklabels([METRIC_LABELS[m] for m in METRICS])
     ax.set_ylabel("test score")
@@ -499,22 +761,78 @@ def _locked(folder):
         os.close(fd)  # closing releases the lock
 
 
-def _previous_table(json_path, new_models, new_commands):
-    """Records, commands and model order of an earlier table, minus the models being run again."""
+def _load_table(json_path):
+    """Records and commands of an earlier table (a clear error if it cannot be read)."""
     try:
         with open(json_path, encoding="utf-8") as f:
             saved = json.load(f)
-        old_records = saved["records"]
-        old_commands = [(c["command"], c["environment"]) for c in saved["commands"]] if "commands" in saved \
+        records = saved["records"]
+        commands = [(c["command"], c["environment"]) for c in saved["commands"]] if "commands" in saved \
             else [(saved["command"], saved["environment"])]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise SystemExit(f"results.py: --append cannot read the earlier table {json_path} ({err}); "
                          f"fix or move that file, or run without --append to replace it") from err
-    kept = [r for r in old_records if r["model"] not in new_models and r.get("stage_of") not in new_models]
-    models = list(dict.fromkeys(r["model"] for r in kept)) + list(new_models)
-    commands = [c for c in old_commands
-                if any(r.get("made_by", c[0]) == c[0] for r in kept)] + new_commands
-    return kept, commands, models
+    return records, commands
+
+
+def _saved_options(json_path):
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            return {"pairs": json.load(f).get("pairs") or []}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _run_key(record):
+    """What makes two trained runs the same run: model, config files and settings other than the seed."""
+    config = {k: v for k, v in (record.get("config_dict") or {}).items() if k != "seed"}
+    return record["model"], json.dumps(record.get("config_files") or []), json.dumps(config, sort_keys=True, default=str)
+
+
+def _merge(old_records, old_commands, new_records, new_commands):
+    """The earlier table's records that the new ones do not replace, then the new ones; commands to match.
+
+    A new record replaces the old record of the same (model, seed) and its stage rows. A model trained now
+    with other settings also drops its old runs that used other settings: one row, one configuration. Runs
+    of the same model and settings with other seeds stay (seeds accumulate).
+    """
+    replaced = {(r["model"], r.get("seed")) for r in new_records}
+    trained = {r["model"]: _run_key(r) for r in new_records if not r.get("stage_of") and not r.get("imported_from")}
+
+    def kept(old):
+        owner = old.get("stage_of") or old["model"]
+        if (old["model"], old.get("seed")) in replaced or (owner, old.get("seed")) in replaced:
+            return False
+        if owner in trained and not old.get("imported_from"):
+            parent = old if not old.get("stage_of") else next(
+                (r for r in old_records if r["model"] == owner and r.get("seed") == old.get("seed")), old)
+            return _run_key(dict(parent, model=owner)) == trained[owner]
+        return True
+
+    records = [r for r in old_records if kept(r)] + new_records
+    used = {r.get("made_by") for r in records}
+    commands = [c for c in old_commands if c[0] in used and c not in new_commands] + new_commands
+    return records, commands
+
+
+def _safe_name(text):
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text.replace(" · ", "-")).strip("-")
+
+
+def _save_per_user(records, out, dataset):
+    """Each record's per-user test metrics into ``<out>/per_user/<dataset>/<model>-seed<seed>.json``."""
+    folder = os.path.join(out, "per_user", dataset)
+    for record in records:
+        per_user = record.pop("per_user", None)
+        if per_user is None:
+            continue
+        os.makedirs(folder, exist_ok=True)
+        name = f"{_safe_name(record['model'])}-seed{record.get('seed')}.json"
+        data = {"model": record["model"], "seed": record.get("seed"), "users": per_user.get("user_id"),
+                "metrics": {k: [round(float(x), 7) for x in v] for k, v in per_user.items() if k != "user_id"}}
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+            json.dump(data, f, separators=(",", ":"))
+        record["per_user_file"] = os.path.join("per_user", dataset, name)
 
 
 def main(argv=None):
@@ -529,15 +847,17 @@ def main(argv=None):
         if not os.path.isfile(json_path):
             raise SystemExit(f"results.py: --render needs {json_path}, written by an earlier run of this script")
         with _locked(args.out):
-            records, commands, models = _previous_table(json_path, [], [])
+            records, commands = _load_table(json_path)
+            models = list(dict.fromkeys(r["model"] for r in records))
             models = sorted(models, key=lambda m: _order_key(m, args.models, models))
             _write_outputs(args, json_path, records, commands, models)
         return records
+    earlier = []
     if args.append and os.path.isfile(json_path):
-        _previous_table(json_path, args.models, [])  # an unreadable table fails now, before hours of training
+        earlier, _ = _load_table(json_path)  # an unreadable table fails now, before hours of training
     env = _environment()  # now: the commit whose code this process runs, the date its runs started
     ckpt_dir = args.checkpoint_dir or tempfile.mkdtemp(prefix="timeplug_results_")
-    records = []
+    records, skipped = [], []
     try:
         for label in args.models:
             model, label = resolve_model(label, args.baseline_dir)
@@ -549,31 +869,55 @@ def main(argv=None):
                     config_dict["epochs"] = args.epochs
                 config_dict.update(args.global_set)
                 config_dict.update(args.model_set.get(label, {}))
+                plain = {k: v for k, v in config_dict.items() if k != "checkpoint_dir"}
+                done = next((r for r in earlier if r["status"] == "ok" and not r.get("imported_from")
+                             and r.get("seed") == seed and _run_key(r) == _run_key(
+                                 {"model": label, "config_files": files, "config_dict": plain})), None)
+                if done is not None and not args.rerun:
+                    print(f"results.py: {label} (seed {seed}) is in {json_path} already: kept, not run again "
+                          f"(--rerun trains it again)", flush=True)
+                    skipped.append((label, seed))
+                    continue
                 print(f"results.py: {label} (seed {seed}) on {args.dataset} ...", flush=True)
                 record = run_one(model, args.dataset, files, config_dict, label=label)
                 records.append(record)
                 records += stage_records(record)
-                if record["status"] == "ok":
-                    t = record["test"]
-                    print(f"results.py: {label} seed {seed}: test ndcg@10={t.get('ndcg@10'):.4f} "
-                          f"hit@10={t.get('hit@10'):.4f}, {record['epochs']} epochs, "
-                          f"{record['s_per_epoch']:.2f} s/epoch", flush=True)
-                else:
-                    print(f"results.py: {label} seed {seed} FAILED: {record['error']}", flush=True)
+                _report(record, label, seed)
+        for label, path in args.imports:
+            print(f"results.py: {label} from {path} (saved weights, no training) ...", flush=True)
+            record = import_one(label, path, args.dataset)
+            records.append(record)
+            records += stage_records(record)
+            _report(record, label, record.get("seed"))
     finally:
         if args.checkpoint_dir is None:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
     commands = [(_command(args), env)]
     for record in records:
         record["made_by"] = commands[0][0]
+        for numbers in (record.get("stages") or {}).values():
+            numbers.pop("test_per_user", None)  # saved with the stage's own row
+    _save_per_user(records, args.out, args.dataset)
     new_records = records
     with _locked(args.out):  # parallel --append runs on one table take turns here
         models = list(dict.fromkeys(r["model"] for r in records))  # the models asked for + their stage rows
         if args.append and os.path.isfile(json_path):
-            kept, commands, models = _previous_table(json_path, models, commands)
-            records = kept + records
+            old_records, old_commands = _load_table(json_path)  # re-read: a parallel run may have added rows
+            records, commands = _merge(old_records, old_commands, records, commands)
+            models = list(dict.fromkeys([r["model"] for r in old_records] + models))
+            models = [m for m in models if any(r["model"] == m for r in records)]
         _write_outputs(args, json_path, records, commands, models)
     return new_records
+
+
+def _report(record, label, seed):
+    if record["status"] == "ok":
+        t = record["test"]
+        timing = f", {record['s_per_epoch']:.2f} s/epoch" if record.get("s_per_epoch") else ""
+        print(f"results.py: {label} seed {seed}: test ndcg@10={t.get('ndcg@10'):.4f} "
+              f"hit@10={t.get('hit@10'):.4f}, {record['epochs']} epochs{timing}", flush=True)
+    else:
+        print(f"results.py: {label} seed {seed} FAILED: {record['error']}", flush=True)
 
 
 def _order_key(model, wanted, models):
@@ -585,14 +929,18 @@ def _order_key(model, wanted, models):
 
 
 def _write_outputs(args, json_path, records, commands, models):
+    saved = _saved_options(json_path)
+    args.pairs = args.pairs or [tuple(p) for p in saved.get("pairs", [])]  # kept from the run that gave them
     rows = aggregate(records, models)
+    stats = significance(records, models, args.out, args.reference, args.pairs)
     chart = f"{args.dataset}.png"
-    drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows)
+    drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows,
+                                           (stats or {}).get("markers"))
     md_path = os.path.join(args.out, f"{args.dataset}.md")
-    write_markdown(md_path, args.dataset, commands, records, models, rows, chart if drew else None)
+    write_markdown(md_path, args.dataset, commands, records, models, rows, chart if drew else None, stats)
     with open(json_path, "w", encoding="utf-8") as f:
-        json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "records": records},
-                  f, indent=1, default=str)
+        json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "pairs": args.pairs,
+                   "records": records}, f, indent=1, default=str)
     print(f"results.py: wrote {md_path}" + (f" and {os.path.join(args.out, chart)}" if drew else ""))
 
 

@@ -224,17 +224,23 @@ def run(
 
 
 def run_recbole(
-    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None, epoch_listeners=()
+    model=None, dataset=None, config_file_list=None, config_dict=None, saved=True, queue=None, epoch_listeners=(),
+    per_user=False,
 ):
     """Train and test a model (or, with ``checkpoint_path`` + ``test_only``, only test saved weights).
 
     ``epoch_listeners``: callables ``(trainer, "train" | "valid", seconds)`` told after every training epoch
     and validation pass of every training stage (e.g. to time a run; see ``benchmarks/results.py``).
+    ``per_user``: also return each test user's top-k metrics under ``"test_per_user"`` (``{"user_id": [...],
+    "ndcg@10": array, ...}``, see ``recbole_timeplug.evaluation``; a multi-stage model's earlier stages get
+    theirs in ``result["stages"][<stage>]["test_per_user"]``). Single process only.
 
     Returns a dict with ``best_valid_score``, ``valid_score_bigger``, ``best_valid_result``,
     ``test_result`` and the checkpoint paths ``saved_model_file`` / ``last_model_file``.
     """
     config, payload = build_config(model, dataset, config_file_list, config_dict)
+    if per_user and not config["single_spec"]:
+        raise TimeplugError("run_recbole(per_user=True) needs a single process: each DDP rank tests a shard of users")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()
@@ -258,10 +264,11 @@ def run_recbole(
         if not checkpoint_path:
             raise TimeplugError("`test_only: True` needs `checkpoint_path`: the checkpoint file to evaluate.")
         # evaluate the payload build_config read: the file is read once
-        valid_result, test_result = (
-            trainer.evaluate(data, model_file=checkpoint_path, show_progress=show_progress, checkpoint=payload)
-            for data in (valid_data, test_data)
-        )
+        valid_result = trainer.evaluate(valid_data, model_file=checkpoint_path, show_progress=show_progress,
+                                        checkpoint=payload)
+        trainer.keep_per_user = per_user
+        test_result = trainer.evaluate(test_data, model_file=checkpoint_path, show_progress=show_progress,
+                                       checkpoint=payload)
         best_valid_score = None
         if valid_result:
             from recbole.utils import calculate_valid_score
@@ -275,6 +282,7 @@ def run_recbole(
         best_valid_score, best_valid_result = trainer.fit(
             train_data, valid_data, saved=saved, show_progress=show_progress
         )
+        trainer.keep_per_user = per_user
         test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=show_progress)
         result = _result(
             config,
@@ -288,6 +296,8 @@ def run_recbole(
             result["stages"] = trainer.stage_results
         logger.info("The running environment of this training is as follows:\n" + get_environment(config).draw())
 
+    if per_user:
+        result["test_per_user"] = trainer.per_user_result
     logger.info(set_color("best valid ", "yellow") + f": {result['best_valid_result']}")
     logger.info(set_color("test result", "yellow") + f": {result['test_result']}")
     if result["saved_model_file"] and not config["test_only"]:

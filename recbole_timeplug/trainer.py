@@ -36,6 +36,7 @@ from recbole_timeplug.checkpoint import (
     save_checkpoint,
 )
 from recbole_timeplug.errors import CheckpointError
+from recbole_timeplug.evaluation import PerUserCapture, topk_metric_names
 from recbole_timeplug.model.sequential_recommender.timirec import phase_of_state_dict
 from recbole_timeplug.utils import plain_metrics
 from recbole_timeplug.validation import torch_compile_setting
@@ -136,6 +137,8 @@ class CheckpointMixin:
         # callables (trainer, "train" | "valid", seconds), told after every epoch / validation pass, in every
         # training stage (``run_recbole(epoch_listeners=...)``; benchmarks time runs with them)
         self.epoch_listeners = []
+        self.keep_per_user = False  # per-user metrics of each evaluation into per_user_result (see _evaluate_with)
+        self.per_user_result = None
 
     def _checkpoint_stem(self, config):
         """File name stem of this trainer's checkpoints (a subclass may tag them, e.g. a training stage)."""
@@ -353,11 +356,20 @@ class CheckpointMixin:
         return self.model
 
     def _evaluate_with(self, model, eval_data, show_progress):
-        """RecBole's evaluation of ``model`` (``self.model`` is swapped in for the call, then restored)."""
+        """RecBole's evaluation of ``model`` (``self.model`` is swapped in for the call, then restored).
+
+        With ``keep_per_user`` set (``run_recbole(per_user=True)`` sets it for the test pass only), the
+        per-user top-k metrics of the pass are left in ``per_user_result`` (``evaluation.PerUserCapture``).
+        """
         own = self.model
         self.model = model
         try:
-            return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+            if not self.keep_per_user:
+                return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+            with PerUserCapture(self) as capture:
+                result = super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+            self.per_user_result = capture.metrics(topk_metric_names(self.config), eval_data)
+            return result
         finally:
             self.model = own
 
@@ -541,7 +553,9 @@ class TiMiRecTrainer(Trainer):
         result = super().evaluate(eval_data, load_best_model, model_file, show_progress, checkpoint)
         if eval_data and self._pretrain_test_pending and not self._in_fit and model_file is None:
             self._pretrain_test_pending = False
+            final_per_user = self.per_user_result
             self._test_pretrain_stage(eval_data, show_progress)
+            self.per_user_result = final_per_user  # the final model's; stage one's went into its record
         return result
 
     def _model_for_checkpoint(self, payload, eval_data):
@@ -565,6 +579,8 @@ class TiMiRecTrainer(Trainer):
         result = self._evaluate_with(model, eval_data, show_progress)
         record = self.stage_results.setdefault("pretrain", {})
         record["test_result"] = plain_metrics(result)
+        if self.keep_per_user:
+            record["test_per_user"] = self.per_user_result
         self.logger.info(
             set_color("TiMiRec stage 1/2 (pretrain) test result", "yellow") + f": {record['test_result']} ({source})"
         )

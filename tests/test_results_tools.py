@@ -2,6 +2,7 @@
 benchmarks/efficiency.py (time/throughput/memory vs L), on generated data with tiny built-in models."""
 
 import json
+import os
 import re
 import statistics
 
@@ -18,10 +19,13 @@ TINY = ["--set", "hidden_size=16", "--set", "inner_size=32", "--set", "n_layers=
 
 def _table(md):
     """Rows of the first Markdown table as {model: [cells]}."""
-    rows = {}
+    rows, started = {}, False
     for line in md.splitlines():
-        if line.startswith("| ") and not line.startswith("| Model") and not line.startswith("| key") \
-                and not line.startswith("| `"):
+        if started and not line.startswith("|"):
+            break  # the first table ended
+        if line.startswith("| Model"):
+            started = True
+        elif started and line.startswith("| "):
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0].split(" ")[0]] = cells
     return rows
@@ -47,7 +51,7 @@ def test_results_table_matches_the_runs(tmp_path):
         assert [r["status"] for r in runs] == ["ok", "ok"] and [r["seed"] for r in runs] == [1, 2]
         for metric in results.METRICS:
             values = [r["test"][metric] for r in runs]
-            cell = rows[model][columns.index(results.METRIC_LABELS[metric])].strip("*")
+            cell = rows[model][columns.index(results.METRIC_LABELS[metric])].strip("▲▼").strip("*")
             assert cell == f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
         assert rows[model][columns.index("params")] == f"{runs[0]['params']:,}"
     # epochs trained: 1 for SASRec (from the user's file), 2 for GRU4Rec (per-model --set wins over the file)
@@ -91,21 +95,35 @@ def test_results_append_grows_one_table(tmp_path):
     # both rows, each with the numbers its own run returned, and both commands named
     assert list(rows) == ["SASRec", "GRU4Rec"]
     for model, records in (("SASRec", first), ("GRU4Rec", second)):
-        assert rows[model][ndcg].strip("*") == f"{records[0]['test']['ndcg@10']:.4f}"
+        assert rows[model][ndcg].strip("▲▼").strip("*") == f"{records[0]['test']['ndcg@10']:.4f}"
     assert md.count("python benchmarks/results.py") == 2 and "--models GRU4Rec" in md and "--append" in md
-    # running a model again replaces its row (and drops a command no row comes from any more)
-    again = results.main(["--models", "SASRec", "--append", *common[:2], "--seeds", "4", *common[4:]])
+    # an interrupted table resumes: runs it has are kept, not repeated; a new seed of the same settings is added
+    grown = results.main(["--models", "SASRec", "--append", *common[:2], "--seeds", "3,4", *common[4:]])
+    assert [r["seed"] for r in grown] == [4]
+    saved = json.loads((out / "tiny.json").read_text())
+    assert [(r["model"], r["seed"]) for r in saved["records"]] == [("SASRec", 3), ("GRU4Rec", 3), ("SASRec", 4)]
+    # each run's per-user test metrics are saved beside the table; their mean is the run's test metric
+    for record in saved["records"]:
+        per_user = json.loads((out / record["per_user_file"]).read_text())
+        assert per_user["seed"] == record["seed"] and len(per_user["users"]) == 40
+        assert round(float(np.mean(per_user["metrics"]["ndcg@10"])), 4) == pytest.approx(record["test"]["ndcg@10"])
+    # --rerun trains a kept run again; other settings replace the model's old runs (one row, one configuration)
+    assert [r["seed"] for r in results.main(["--models", "SASRec", "--append", "--rerun", *common])] == [3]
+    again = results.main(["--models", "SASRec", "--append", *common[:2], "--seeds", "4", *common[4:],
+                          "--set", "SASRec:learning_rate=0.01"])
     saved = json.loads((out / "tiny.json").read_text())
     assert [(r["model"], r["seed"]) for r in saved["records"]] == [("GRU4Rec", 3), ("SASRec", 4)]
+    assert saved["records"][1]["config_dict"]["learning_rate"] == 0.01
+    # (and drops the commands no row comes from any more)
     assert len(saved["commands"]) == 2 and all("--append" in c["command"] for c in saved["commands"])
     md = (out / "tiny.md").read_text()
-    assert _table(md)["SASRec"][ndcg].strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
+    assert _table(md)["SASRec"][ndcg].strip("▲▼").strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
     # --render trains nothing: same records, rows in the order asked for, runs cut by the epoch cap marked †
     before = (out / "tiny.json").read_text()
     assert results.main(["--dataset", "tiny", "--out", str(out), "--render", "--models", "SASRec", "--no_plot"])
     md = (out / "tiny.md").read_text()
     assert list(_table(md)) == ["SASRec", "GRU4Rec"] and json.loads(before) == json.loads((out / "tiny.json").read_text())
-    assert _table(md)["SASRec"][ndcg].strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
+    assert _table(md)["SASRec"][ndcg].strip("▲▼").strip("*") == f"{again[0]['test']['ndcg@10']:.4f}"
     epochs_col = [c.strip() for c in header.strip("|").split("|")].index("epochs")
     assert _table(md)["GRU4Rec"][epochs_col].startswith("1†") and "† stopped by the `epochs` cap" in md
     # an unreadable earlier table is a clear error that names it, and is left as it was
@@ -130,10 +148,98 @@ def test_results_table_shows_earlier_stages(tmp_path):
     results.write_markdown(str(path), "t", [("cmd", env)], records, models, results.aggregate(records, models), None)
     md = path.read_text()
     line = next(x for x in md.splitlines() if x.startswith("| TiMiRec · pretrain |"))
-    cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
+    cells = [c.strip().strip("▲▼").strip("*") for c in line.strip("|").split("|")]
     assert cells[1:7] == [f"{pre[m]:.4f}" for m in results.METRICS]  # stage one's test metrics
     assert cells[7] == "0.2500" and cells[9] == "– (1)" and cells[10] == "–"  # no epochs/timings of its own
     assert "pretrain only = ComiRec+" in md and md.count("### TiMiRec") == 2
+
+
+def test_results_import_tests_saved_weights_with_their_stage(tmp_path):
+    from recbole_timeplug.quick_start import run_recbole
+
+    data = tmp_path / "data"
+    write_inter(str(data / "tiny" / "tiny.inter"), n_users=50, n_items=40, min_len=8, max_len=14)
+    trained = run_recbole(config_dict={
+        "model": "TiMiRec", "dataset": "tiny", "data_path": str(data), "checkpoint_dir": str(tmp_path / "saved"),
+        "state": "ERROR", "show_progress": False, "log_wandb": False, "epochs": 1, "train_batch_size": 128,
+        "topk": [10, 20], "load_col": {"inter": ["user_id", "item_id", "timestamp"]}, "seed": 7,
+        "embedding_size": 16, "n_interests": 2, "MAX_ITEM_LIST_LENGTH": 10}, per_user=True)
+    out = tmp_path / "out"
+    records = results.main(["--dataset", "tiny", "--import", f"TiMiRec={trained['saved_model_file']}",
+                            "--out", str(out), "--no_plot"])
+    final, stage = records
+    assert final["status"] == "ok" and final["seed"] == 7 and final["epochs"] == 1 and final["best_epoch"] == 0
+    assert final["test"] == trained["test_result"] and final["imported_from"] == trained["saved_model_file"]
+    assert stage["model"] == "TiMiRec · pretrain" and stage["test"] == trained["stages"]["pretrain"]["test_result"]
+    for record, per_user in ((final, trained["test_per_user"]), (stage, trained["stages"]["pretrain"]["test_per_user"])):
+        saved = json.loads((out / record["per_user_file"]).read_text())
+        assert saved["users"] == per_user["user_id"]
+        np.testing.assert_allclose(saved["metrics"]["ndcg@10"], per_user["ndcg@10"], atol=1e-7)
+    md = (out / "tiny.md").read_text()
+    assert "Imported from `" + os.path.basename(trained["saved_model_file"]) + "`" in md
+    assert "no training times" in md and _table(md)["TiMiRec"][-1] == "–"
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset", "tiny", "--import", "TiMiRec"])  # no checkpoint named
+
+
+def _per_user_file(out, model, seed, ndcg):
+    folder = out / "per_user" / "t"
+    folder.mkdir(parents=True, exist_ok=True)
+    users = [f"u{i}" for i in range(len(ndcg))]
+    metrics = {m: list(map(float, ndcg)) for m in results.METRICS}
+    (folder / f"{model}-{seed}.json").write_text(json.dumps({"model": model, "seed": seed, "users": users,
+                                                             "metrics": metrics}))
+    return os.path.join("per_user", "t", f"{model}-{seed}.json")
+
+
+def test_results_significance_against_the_reference_and_pairs(tmp_path):
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(0)
+    base = [rng.random(300) for _ in range(2)]
+    runs = {"SASRec": base,
+            "Better": [b + 0.05 + rng.normal(0, 0.05, 300) for b in base],   # clearly above SASRec
+            "Same": [b + rng.normal(0, 0.05, 300) for b in base],            # no systematic difference
+            "Worse": [b - 0.05 + rng.normal(0, 0.05, 300) for b in base]}
+    records = []
+    for model, values in runs.items():
+        for seed, ndcg in zip((1, 2), values):
+            records.append({"model": model, "seed": seed, "status": "ok", "per_user_file":
+                            _per_user_file(tmp_path, model, seed, ndcg)})
+    models = list(runs)
+    stats = results.significance(records, models, str(tmp_path), "SASRec", [("Better", "Same")])
+    assert stats["markers"][("Better", "ndcg@10")] == "▲" and stats["markers"][("Worse", "hit@20")] == "▼"
+    assert ("Same", "ndcg@10") not in stats["markers"]
+    # pooled = each user's mean over the two seeds, paired with SASRec's; Holm over the three rows
+    pooled = {m: (v[0] + v[1]) / 2 for m, v in runs.items()}
+    raw = {m: wilcoxon(pooled[m], pooled["SASRec"]).pvalue for m in ("Better", "Same", "Worse")}
+    ordered = sorted(raw, key=raw.get)
+    holm, running = {}, 0.0
+    for rank, m in enumerate(ordered):
+        running = max(running, min(1.0, (3 - rank) * raw[m]))
+        holm[m] = running
+    for m in raw:
+        test = stats["vs_reference"][m]["ndcg@10"]
+        assert test["p"] == pytest.approx(raw[m]) and test["p_holm"] == pytest.approx(holm[m])
+        assert test["diff"] == pytest.approx(float(np.mean(pooled[m] - pooled["SASRec"])))
+        assert test["per_seed"][1] == pytest.approx(wilcoxon(runs[m][0], base[0]).pvalue)
+    a, b, pair = stats["pairs"][0]
+    assert (a, b) == ("Better", "Same") and pair["p"] == pytest.approx(wilcoxon(pooled["Better"], pooled["Same"]).pvalue)
+    # the table: markers on the cells, the paired-test and ablation sections
+    rows = [dict({m: (float(np.mean(pooled[model])), None) for m in results.METRICS}, model=model, n_ok=2,
+                 n_runs=2, errors=[], valid=(None, None), params=(None, None), epochs=(2, None),
+                 best_epoch=(1, None), s_per_epoch=(None, None), s_per_eval=(None, None), capped=False)
+            for model in models]
+    env = {"date": "d", "device": "cpu", "python": "3", "torch": "2", "recbole": "1", "commit": "c"}
+    for r in records:
+        r.update(settings=None, config_files=[], config_dict={})
+    path = tmp_path / "t.md"
+    results.write_markdown(str(path), "t", [("cmd", env)], records, models, rows, None, stats)
+    md = path.read_text()
+    assert _table(md)["Better"][2].endswith("▲") and _table(md)["Worse"][2].endswith("▼")
+    assert not _table(md)["Same"][2].endswith(("▲", "▼"))
+    assert "## Paired tests against SASRec" in md and "## Does the idea help" in md
+    assert "| Better | Same |" in md
 
 
 def test_results_bad_arguments(tmp_path):

@@ -216,7 +216,8 @@ def run_one(model, dataset, config_files, config_dict, label=None):
     import recbole_timeplug.quick_start as qs
 
     probe = RunProbe()
-    record = {"model": label or model, "class": model, "seed": config_dict.get("seed"), "config_files": config_files,
+    record = {"model": label or model, "class": model, "seed": config_dict.get("seed"),
+              "config_files": [_repo_relative(f) for f in config_files],
               "config_dict": {k: v for k, v in config_dict.items() if k != "checkpoint_dir"}}
     start = time.perf_counter()
     try:
@@ -244,6 +245,12 @@ def run_one(model, dataset, config_files, config_dict, label=None):
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return record
+
+
+def _repo_relative(path):
+    """A config file inside this checkout as a path relative to it (records compare across checkouts)."""
+    full = os.path.abspath(path)
+    return os.path.relpath(full, REPO) if full.startswith(REPO + os.sep) else path
 
 
 def _record_result(record, result):
@@ -872,7 +879,8 @@ def main(argv=None):
                 plain = {k: v for k, v in config_dict.items() if k != "checkpoint_dir"}
                 done = next((r for r in earlier if r["status"] == "ok" and not r.get("imported_from")
                              and r.get("seed") == seed and _run_key(r) == _run_key(
-                                 {"model": label, "config_files": files, "config_dict": plain})), None)
+                                 {"model": label, "config_files": [_repo_relative(f) for f in files],
+                                  "config_dict": plain})), None)
                 if done is not None and not args.rerun:
                     print(f"results.py: {label} (seed {seed}) is in {json_path} already: kept, not run again "
                           f"(--rerun trains it again)", flush=True)

@@ -625,12 +625,12 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
     ``stats``: :func:`significance`'s result (markers and the paired-test sections), if any."""
     markers = (stats or {}).get("markers", {})
     first_ok = next((r for r in records if r["status"] == "ok" and r["settings"]), None)
-    lines = [f"# Results on `{dataset}`", ""]
+    lines = [f"# Results on `{dataset}`", "", "Made by (column `by` of the table):", ""]
     for i, (command, e) in enumerate(commands):
-        lines.append(("Made by" if i == 0 else "and") + f" `{command}` (started {e['date']}) — {e['device']}, "
-                     f"Python {e['python']}, torch {e['torch']}, RecBole {e['recbole']}, commit `{e['commit']}`"
-                     + ("." if i == len(commands) - 1 else ""))
+        lines.append(f"{i + 1}. `{command}` (started {e['date']}) — {e['device']}, "
+                     f"Python {e['python']}, torch {e['torch']}, RecBole {e['recbole']}, commit `{e['commit']}`")
     lines.append("")
+    command_number = {c: i + 1 for i, (c, _) in enumerate(commands)}
     if first_ok:
         s = first_ok["settings"]
         ev = s.get("eval_args") or {}
@@ -649,7 +649,8 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
     lines.append("`s/epoch` = training time per epoch, `s/eval` = one validation pass (full ranking), "
                  "`epochs` = epochs trained (best epoch in brackets, counting from 0).")
     lines.append("")
-    header = ["Model"] + [METRIC_LABELS[m] for m in METRICS] + ["valid", "params", "epochs", "s/epoch", "s/eval"]
+    header = ["Model"] + [METRIC_LABELS[m] for m in METRICS] + ["valid", "params", "epochs", "s/epoch", "s/eval",
+                                                                "seeds", "by"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     best = {m: max((r[m][0] for r in rows if r[m][0] is not None), default=None) for m in METRICS}
@@ -665,7 +666,10 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
             cells.append(cell + markers.get((row["model"], m), ""))
         epochs = _fmt_int(row["epochs"]) + ("†" if row["capped"] else "") \
             + (f" ({_fmt_int(row['best_epoch'])})" if row["best_epoch"][0] is not None else "")
-        cells += [_fmt(row["valid"]), _fmt_int(row["params"]), epochs, _fmt(row["s_per_epoch"], 2), _fmt(row["s_per_eval"], 2)]
+        by = sorted({command_number[r["made_by"]] for r in records
+                     if r["model"] == row["model"] and r.get("made_by") in command_number})
+        cells += [_fmt(row["valid"]), _fmt_int(row["params"]), epochs, _fmt(row["s_per_epoch"], 2),
+                  _fmt(row["s_per_eval"], 2), str(row["n_ok"]), ", ".join(map(str, by)) or "–"]
         if row["errors"]:
             cells[0] += f" ({row['n_ok']}/{row['n_runs']} seeds; failed: {'; '.join(row['errors'])})".replace("|", "\\|")
         lines.append("| " + " | ".join(cells) + " |")

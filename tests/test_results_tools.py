@@ -102,6 +102,9 @@ def test_results_append_grows_one_table(tmp_path):
     assert [r["seed"] for r in grown] == [4]
     saved = json.loads((out / "tiny.json").read_text())
     assert [(r["model"], r["seed"]) for r in saved["records"]] == [("SASRec", 3), ("GRU4Rec", 3), ("SASRec", 4)]
+    # the SASRec row: two seeds, made by the first and the third command of the "Made by" list
+    assert _table((out / "tiny.md").read_text())["SASRec"][-2:] == ["2", "1, 3"]
+    assert "\n3. `python benchmarks/results.py --dataset tiny --models SASRec" in (out / "tiny.md").read_text()
     # each run's per-user test metrics are saved beside the table; their mean is the run's test metric
     for record in saved["records"]:
         per_user = json.loads((out / record["per_user_file"]).read_text())
@@ -177,7 +180,7 @@ def test_results_import_tests_saved_weights_with_their_stage(tmp_path):
         np.testing.assert_allclose(saved["metrics"]["ndcg@10"], per_user["ndcg@10"], atol=1e-7)
     md = (out / "tiny.md").read_text()
     assert "Imported from `" + os.path.basename(trained["saved_model_file"]) + "`" in md
-    assert "no training times" in md and _table(md)["TiMiRec"][-1] == "–"
+    assert "no training times" in md and _table(md)["TiMiRec"][-4:-2] == ["–", "–"]  # s/epoch, s/eval
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset", "tiny", "--import", "TiMiRec"])  # no checkpoint named
 

@@ -599,10 +599,14 @@ def _environment():
 
 
 def _command(args):
-    parts = ["python benchmarks/results.py", f"--dataset {args.dataset}", f"--models {','.join(args.models)}"]
+    parts = ["python benchmarks/results.py", f"--dataset {args.dataset}"]
+    if args.models:
+        parts.append(f"--models {','.join(args.models)}")
     if args.config_files:
         parts.append(f"--config_files \"{' '.join(args.config_files)}\"")
-    parts.append(f"--seeds {','.join(map(str, args.seeds))}")
+    if args.models:
+        parts.append(f"--seeds {','.join(map(str, args.seeds))}")
+    parts += [f"--import {label}={os.path.basename(path)}" for label, path in args.imports]
     if args.epochs is not None:
         parts.append(f"--epochs {args.epochs}")
     parts += [f"--set {o}" for o in args.overrides]
@@ -616,6 +620,8 @@ def _run_command(record, dataset):
     files = " ".join(os.path.relpath(f, REPO) if f.startswith(REPO) else f for f in record["config_files"])
     extra = " ".join(f"--{k}={v!r}" if isinstance(v, (list, dict)) else f"--{k}={v}"
                      for k, v in record["config_dict"].items() if k not in ("show_progress",))
+    if record.get("imported_from"):  # what tested it here; the training command is the checkpoint's
+        return f"python run_recbole.py {extra}"
     model = record.get("class", record["model"])
     return f'python run_recbole.py --model={model} --dataset={dataset} --config_files="{files}" {extra}'.strip()
 

@@ -134,12 +134,13 @@ class ConfigChecks:
         return list(value)
 
     def loss_type(self, allowed, default=None):
-        """``loss_type`` from ``allowed``, consistent with ``train_neg_sample_args`` (CE: none; others: some)."""
+        """``loss_type`` from ``allowed``, consistent with ``train_neg_sample_args`` (CE and SSM, whose model draws
+        its own negatives: none; others: some)."""
         loss = self.one_of("loss_type", allowed, default=default, normalise=str.upper)
         neg = self.config["train_neg_sample_args"]
-        if loss == "CE" and negative_sampling_on(neg):
-            raise self.error("train_neg_sample_args", neg, "loss_type CE samples no negatives: set it to ~")
-        if loss != "CE" and not negative_sampling_on(neg):
+        if loss in ("CE", "SSM") and negative_sampling_on(neg):
+            raise self.error("train_neg_sample_args", neg, f"loss_type {loss} takes no RecBole negatives: set it to ~")
+        if loss not in ("CE", "SSM") and not negative_sampling_on(neg):
             raise self.error(
                 "train_neg_sample_args",
                 neg,

@@ -293,6 +293,34 @@ def test_user_history_adds_the_region_embedding_of_the_users_own_history(small):
         torch.testing.assert_close(model.predict(batch), model.full_sort_predict(batch)[torch.arange(len(batch)), items])
 
 
+def test_ssm_loss_is_the_softmax_over_the_positive_and_the_shared_negatives(small):
+    """loss_type SSM: per row, -log softmax of the positive among itself and the batch's K negatives (those equal
+    to the row's positive left out), each candidate scored on its own; averaged over rows."""
+    model = _model(small, loss_type="SSM", train_neg_sample_args=None, ssm_negatives=6, user_history=True)
+    inter = next(iter(small["train"]))
+    pos = inter["item_id"]
+    neg = torch.cat([pos[:2], torch.tensor([1, 2, 3, 4])])  # two rows meet their own positive among the negatives
+    model._sample_negatives = lambda k, device: neg[:k]
+    loss = model.calculate_loss(inter)
+    t = model.query_time(inter)
+    want = []
+    with torch.no_grad():
+        for b in range(len(pos)):
+            cands = [int(pos[b])] + [int(n) for n in neg if int(n) != int(pos[b])]
+            scores = model(inter["user_id"][b:b + 1], torch.tensor([cands]), t[b:b + 1],
+                           inter["item_id_list"][b:b + 1], inter["item_length"][b:b + 1])[0]
+            want.append(-torch.log_softmax(scores, 0)[0])
+    torch.testing.assert_close(loss.detach(), torch.stack(want).mean(), rtol=1e-5, atol=1e-6)
+    loss.backward()
+    assert model.lcu_item_user.weight.grad.abs().sum() > 0 and model.lcu_history.weight.grad.abs().sum() > 0
+    # the sampler itself: K real items (never the padding id 0)
+    del model._sample_negatives
+    drawn = model._sample_negatives(1000, pos.device)
+    assert drawn.shape == (1000,) and drawn.min() >= 1 and drawn.max() < model.n_items
+    with pytest.raises(TimeplugError, match="train_neg_sample_args"):
+        _model(small, loss_type="SSM")  # RecBole's negatives are still on
+
+
 def test_max_neighbors_beyond_longest_history_equals_unlimited(small):
     unlimited = _model(small, max_neighbors=None)
     longest = int((unlimited.neighbor_index.item_ptr[1:] - unlimited.neighbor_index.item_ptr[:-1]).max())
@@ -463,14 +491,16 @@ def test_lazy_adam_variant_rejects_what_sparse_adam_cannot_do(small, key, value)
 
 
 # ------------------------------------------------------------------------------------ end to end
-@pytest.mark.parametrize("adam_variant", ["dense", "fused", "lazy"])
-def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config, adam_variant):
+@pytest.mark.parametrize("adam_variant, loss", [("dense", "BPR"), ("fused", "BPR"), ("lazy", "BPR"), ("fused", "SSM")])
+def test_resume_is_exact_with_the_index_rebuilt_from_data(tiny_config, adam_variant, loss):
     """The index is not in checkpoints: resuming rebuilds it from the data and continues exactly (also with the
-    two optimizers of adam_variant lazy in one state dict)."""
+    two optimizers of adam_variant lazy in one state dict, and with SSM's own negatives drawn from torch's RNG)."""
     from recbole_timeplug.quick_start import run_recbole
 
     config = dict(tiny_config, model="ARERec", embedding_size=8, region_size=3, max_neighbors=6, train_batch_size=128,
-                  adam_variant=adam_variant)
+                  adam_variant=adam_variant, loss_type=loss)
+    if loss == "SSM":
+        config["train_neg_sample_args"] = None
     whole = run_recbole(config_dict=dict(config, epochs=2))
     first = run_recbole(config_dict=dict(config, epochs=1))
     resumed = run_recbole(config_dict=dict(config, epochs=2, checkpoint_path=first["last_model_file"]))

@@ -26,8 +26,11 @@ user's own history h_1..h_L (``item_id_list``: strictly before the prediction, a
    history rating s'_m = p'_m * q'_m, v' = max_m s'_m over the real (not padded) positions;
 7. score(u, j) += w_h^T v'   (w_h: a second Linear(r -> 1) without bias).
 
-Training: BPR, -log sigma(score(u, j+) - score(u, j-)) with one uniform negative; the negative gets its
-own neighbours at the same t*.  L2 slots ``reg_weights`` = [q, k, v, concat, fc] (Keras l2: lambda * sum w^2
+Training: BPR, -log sigma(score(u, j+) - score(u, j-)) with one uniform negative (``loss_type: BPR``, the
+official pairwise form); every negative gets its own neighbours at the same t*.  ``loss_type: SSM`` is a
+sampled softmax instead: -log softmax over {j+} and K = ``ssm_negatives`` uniform items shared by the batch
+(a row's positive drawn among them is masked out).  Full-softmax CE is not offered: it would score every item
+from its own neighbours for every training sample.  L2 slots ``reg_weights`` = [q, k, v, concat, fc] (Keras l2: lambda * sum w^2
 of the kernels) and nine ``dropout_probs`` slots = [user emb, neighbour emb, item emb, K_UI, K_IU, neighbour
 profile, item profile, neighbour rating, rating vector], placed as in the official code.
 
@@ -109,9 +112,11 @@ class ARERec(SequentialRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         check = ConfigChecks("ARERec", config)
-        # BPR only: a negative is scored from its own neighbours at the same query time; full-softmax CE
-        # would need every item's neighbour look-up for every sample
-        check.loss_type(("BPR",))
+        # BPR or a sampled softmax: a negative is scored from its own neighbours at the same query time, so
+        # full-softmax CE would need every item's neighbour look-up for every sample
+        self.loss_type = check.loss_type(("BPR", "SSM"))
+        self.ssm_negatives = check.positive_int(
+            "ssm_negatives", "uniform negatives per batch of loss_type SSM", default=20)
         self.embedding_size = check.positive_int("embedding_size")
         self.region_size = check.positive_int("region_size")
         self.n_heads = check.positive_int("n_heads")
@@ -426,10 +431,23 @@ class ARERec(SequentialRecommender):
 
     def calculate_loss(self, interaction):
         user = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        candidates = torch.stack([pos, neg], dim=1)
+        pos = interaction[self.ITEM_ID]
+        if self.loss_type == "BPR":
+            candidates = torch.stack([pos, interaction[self.NEG_ITEM_ID]], dim=1)
+            scores = self.forward(user, candidates, self.query_time(interaction), *self._history(interaction))
+            return self.loss_fct(scores[:, 0], scores[:, 1]) + self.reg_loss()
+        # SSM: softmax over the positive (column 0) and K negatives shared by the batch
+        neg = self._sample_negatives(self.ssm_negatives, pos.device)
+        candidates = torch.cat([pos.unsqueeze(1), neg.unsqueeze(0).expand(len(pos), -1)], dim=1)
         scores = self.forward(user, candidates, self.query_time(interaction), *self._history(interaction))
-        return self.loss_fct(scores[:, 0], scores[:, 1]) + self.reg_loss()
+        hit = torch.cat([torch.zeros_like(pos, dtype=torch.bool).unsqueeze(1), neg.unsqueeze(0) == pos.unsqueeze(1)], 1)
+        scores = scores.masked_fill(hit, float("-inf"))  # a row's own positive is not its negative
+        return nn.functional.cross_entropy(scores, torch.zeros_like(pos)) + self.reg_loss()
+
+    def _sample_negatives(self, k, device):
+        """K item ids, uniform over the real items 1..n_items-1 (0 is padding), from torch's global generator
+        (saved in checkpoints, so resuming stays exact)."""
+        return torch.randint(1, self.n_items, (k,), device=device)
 
     def predict(self, interaction):
         user = interaction[self.USER_ID]

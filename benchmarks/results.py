@@ -59,9 +59,17 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASELINE_DIR = os.path.join(REPO, "baseline")
 COMMON_PROTOCOL = os.path.join(BASELINE_DIR, "common_protocol.yaml")
 
-METRICS = ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "mrr@20"]
-METRIC_LABELS = {m: m.split("@")[0].replace("hit", "Hit").replace("ndcg", "NDCG").replace("mrr", "MRR")
-                 + "@" + m.split("@")[1] for m in METRICS}
+METRICS = ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "mrr@20"]  # the default columns (--metrics)
+
+
+def metric_label(metric):
+    """``ndcg@10`` -> ``NDCG@10``."""
+    name, _, k = metric.partition("@")
+    return {"hit": "Hit", "ndcg": "NDCG", "mrr": "MRR", "recall": "Recall", "precision": "Precision"}.get(name, name) \
+        + "@" + k
+
+
+METRIC_LABELS = {m: metric_label(m) for m in METRICS}
 
 # Settings shown for every model besides its own hyperparameters (keys of its YAMLs).
 RUN_KEYS = [
@@ -97,6 +105,9 @@ def parse_args(argv=None):
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="LABEL=CHECKPOINT",
                    help="add a model trained elsewhere (e.g. by run_recbole.py) from its best checkpoint: its saved "
                         "weights are tested, per-user metrics included; repeatable; with --append it joins the table")
+    p.add_argument("--metrics", default=",".join(METRICS),
+                   help="the table's columns, comma-separated <metric>@<k> among what the runs compute (their "
+                        "`metrics` x `topk`), e.g. hit@5,ndcg@5,hit@10,ndcg@10 for a sampled protocol")
     p.add_argument("--reference", default="SASRec",
                    help="the row every other row is tested against (paired over users; default SASRec)")
     p.add_argument("--pairs", default="",
@@ -117,6 +128,11 @@ def parse_args(argv=None):
             p.error(f"--import {item!r}: checkpoint {path.strip()!r} does not exist")
         imports.append((label.strip(), path.strip()))
     args.imports = imports
+    args.metrics = [m.strip().lower() for m in args.metrics.split(",") if m.strip()]
+    for metric in args.metrics:
+        name, _, k = metric.partition("@")
+        if not name or not k.isdigit():
+            p.error(f"--metrics: {metric!r} is not <metric>@<k> (e.g. ndcg@10)")
     args.pairs = [tuple(x.strip() for x in pair.split(":")) for pair in args.pairs.split(",") if pair.strip()]
     for pair in args.pairs:
         if len(pair) != 2 or not all(pair):
@@ -374,7 +390,7 @@ def _mean_std(values):
     return mean, math.sqrt(var)
 
 
-def aggregate(records, models):
+def aggregate(records, models, metrics=None):
     """Per model: mean/std of each metric over the seeds that finished, plus errors of those that did not."""
     rows = []
     for model in models:
@@ -382,7 +398,7 @@ def aggregate(records, models):
         ok = [r for r in runs if r["status"] == "ok"]
         row = {"model": model, "n_ok": len(ok), "n_runs": len(runs),
                "errors": sorted({r["error"] for r in runs if r["status"] != "ok"})}
-        for metric in METRICS:
+        for metric in metrics or METRICS:
             row[metric] = _mean_std([(r["test"] or {}).get(metric) for r in ok])
         row["valid"] = _mean_std([r["best_valid_score"] for r in ok])
         for key in ("params", "epochs", "best_epoch", "s_per_epoch", "s_per_eval"):
@@ -496,7 +512,7 @@ def _compare(a_runs, b_runs, metric):
     return {"n_users": len(pair[0]), "diff": diff, "ci": (low, high), "p": wilcoxon_p(*pair), "per_seed": per_seed}
 
 
-def significance(records, models, out, reference="SASRec", pairs=()):
+def significance(records, models, out, reference="SASRec", pairs=(), metrics=None):
     """Paired tests over users: every row against ``reference`` (every metric) and each ablation pair.
 
     Holm's correction runs over the rows tested against the reference (per metric) and over the pairs.
@@ -505,13 +521,17 @@ def significance(records, models, out, reference="SASRec", pairs=()):
     """
     from recbole_timeplug.evaluation import holm
 
+    metrics = metrics or METRICS
     runs = _per_user_runs(records, out)
     if not runs:
         return None
-    result = {"reference": reference, "markers": {}, "vs_reference": {}, "pairs": []}
+    # the detailed tables' metric: NDCG@10 if shown, else the first NDCG column, else the first column
+    main = SIGNIFICANCE_METRIC if SIGNIFICANCE_METRIC in metrics else next(
+        (m for m in metrics if m.startswith("ndcg@")), metrics[0])
+    result = {"reference": reference, "metric": main, "markers": {}, "vs_reference": {}, "pairs": []}
     if reference in runs:
         others = [m for m in models if m != reference and m in runs]
-        for metric in METRICS:
+        for metric in metrics:
             tests = [_compare(runs[m], runs[reference], metric) for m in others]
             adjusted = holm([t["p"] if t else None for t in tests])
             for model, test, p_adj in zip(others, tests, adjusted):
@@ -521,7 +541,7 @@ def significance(records, models, out, reference="SASRec", pairs=()):
                 result["vs_reference"].setdefault(model, {})[metric] = test
                 if p_adj is not None and p_adj < ALPHA and test["diff"] != 0:
                     result["markers"][(model, metric)] = "▲" if test["diff"] > 0 else "▼"
-    tests = [(a, b, _compare(runs[a], runs[b], SIGNIFICANCE_METRIC) if a in runs and b in runs else None)
+    tests = [(a, b, _compare(runs[a], runs[b], main) if a in runs and b in runs else None)
              for a, b in pairs]
     for (a, b, test), p_adj in zip(tests, holm([t["p"] if t else None for _, _, t in tests])):
         if test is not None:
@@ -537,8 +557,8 @@ def _fmt_p(p):
 
 
 def _significance_lines(stats, rows, dataset):
-    ref, metric = stats["reference"], SIGNIFICANCE_METRIC
-    label = METRIC_LABELS[metric]
+    ref, metric = stats["reference"], stats["metric"]
+    label = metric_label(metric)
     means = {row["model"]: row[metric][0] for row in rows}
     lines = [f"## Paired tests against {ref}", "",
              f"Each user's test {label} (averaged over the seeds a model has), paired by user with {ref}'s: "
@@ -626,10 +646,11 @@ def _run_command(record, dataset):
     return f'python run_recbole.py --model={model} --dataset={dataset} --config_files="{files}" {extra}'.strip()
 
 
-def write_markdown(path, dataset, commands, records, models, rows, chart_name, stats=None):
+def write_markdown(path, dataset, commands, records, models, rows, chart_name, stats=None, metrics=None):
     """``commands``: [(command, environment)] of every results.py run whose records are in the table;
     ``stats``: :func:`significance`'s result (markers and the paired-test sections), if any."""
     markers = (stats or {}).get("markers", {})
+    metrics = metrics or METRICS
     first_ok = next((r for r in records if r["status"] == "ok" and r["settings"]), None)
     lines = [f"# Results on `{dataset}`", "", "Made by (column `by` of the table):", ""]
     for i, (command, e) in enumerate(commands):
@@ -655,18 +676,18 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
     lines.append("`s/epoch` = training time per epoch, `s/eval` = one validation pass (full ranking), "
                  "`epochs` = epochs trained (best epoch in brackets, counting from 0).")
     lines.append("")
-    header = ["Model"] + [METRIC_LABELS[m] for m in METRICS] + ["valid", "params", "epochs", "s/epoch", "s/eval",
+    header = ["Model"] + [metric_label(m) for m in metrics] + ["valid", "params", "epochs", "s/epoch", "s/eval",
                                                                 "seeds", "by"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    best = {m: max((r[m][0] for r in rows if r[m][0] is not None), default=None) for m in METRICS}
+    best = {m: max((r[m][0] for r in rows if r[m][0] is not None), default=None) for m in metrics}
     for row in rows:
         if row["n_ok"] == 0:
             err = "; ".join(row["errors"]).replace("|", "\\|")
             lines.append(f"| {row['model']} | **failed**: {err} |" + " |" * (len(header) - 2))
             continue
         cells = [row["model"]]
-        for m in METRICS:
+        for m in metrics:
             cell = _fmt(row[m])
             cell = f"**{cell}**" if best[m] is not None and row[m][0] == best[m] and len(rows) > 1 else cell
             cells.append(cell + markers.get((row["model"], m), ""))
@@ -722,10 +743,11 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
         f.write("\n".join(lines))
 
 
-def plot(path, dataset, rows, markers=None):
+def plot(path, dataset, rows, markers=None, metrics=None):
     """Grouped bar chart of the test metrics (error bars = std over seeds, ▲/▼ = significant difference from
     the reference model, see :func:`significance`); False if matplotlib is missing."""
     markers = markers or {}
+    metrics = metrics or METRICS
     try:
         import matplotlib
 
@@ -739,17 +761,17 @@ def plot(path, dataset, rows, markers=None):
     if not rows:
         return False
     width = 0.8 / len(rows)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(METRICS) + 0.3 * len(rows)), 4.0))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(metrics) + 0.3 * len(rows)), 4.0))
     for i, row in enumerate(rows):
-        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(METRICS))]
-        means = [row[m][0] or 0.0 for m in METRICS]
-        errs = [row[m][1] or 0.0 for m in METRICS]
+        xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
+        means = [row[m][0] or 0.0 for m in metrics]
+        errs = [row[m][1] or 0.0 for m in metrics]
         ax.bar(xs, means, width, yerr=errs if any(errs) else None, capsize=2, label=row["model"])
-        for x, metric, mean, err in zip(xs, METRICS, means, errs):
+        for x, metric, mean, err in zip(xs, metrics, means, errs):
             if (row["model"], metric) in markers:
                 ax.text(x, mean + err, markers[(row["model"], metric)], ha="center", va="bottom", fontsize=6)
-    ax.set_xticks(range(len(METRICS)))
-    ax.set_xticklabels([METRIC_LABELS[m] for m in METRICS])
+    ax.set_xticks(range(len(metrics)))
+    ax.set_xticklabels([metric_label(m) for m in metrics])
     ax.set_ylabel("test score")
     ax.set_title(f"{dataset}: test metrics (full ranking, leave-one-out)")
     # below the axes: inside, the legend hides the tallest bars (Hit@20)
@@ -930,10 +952,9 @@ def main(argv=None):
 
 def _report(record, label, seed):
     if record["status"] == "ok":
-        t = record["test"]
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in list((record["test"] or {}).items())[:4])
         timing = f", {record['s_per_epoch']:.2f} s/epoch" if record.get("s_per_epoch") else ""
-        print(f"results.py: {label} seed {seed}: test ndcg@10={t.get('ndcg@10'):.4f} "
-              f"hit@10={t.get('hit@10'):.4f}, {record['epochs']} epochs{timing}", flush=True)
+        print(f"results.py: {label} seed {seed}: test {shown}, {record['epochs']} epochs{timing}", flush=True)
     else:
         print(f"results.py: {label} seed {seed} FAILED: {record['error']}", flush=True)
 
@@ -949,13 +970,14 @@ def _order_key(model, wanted, models):
 def _write_outputs(args, json_path, records, commands, models):
     saved = _saved_options(json_path)
     args.pairs = args.pairs or [tuple(p) for p in saved.get("pairs", [])]  # kept from the run that gave them
-    rows = aggregate(records, models)
-    stats = significance(records, models, args.out, args.reference, args.pairs)
+    rows = aggregate(records, models, args.metrics)
+    stats = significance(records, models, args.out, args.reference, args.pairs, args.metrics)
     chart = f"{args.dataset}.png"
     drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows,
-                                           (stats or {}).get("markers"))
+                                           (stats or {}).get("markers"), args.metrics)
     md_path = os.path.join(args.out, f"{args.dataset}.md")
-    write_markdown(md_path, args.dataset, commands, records, models, rows, chart if drew else None, stats)
+    write_markdown(md_path, args.dataset, commands, records, models, rows, chart if drew else None, stats,
+                   args.metrics)
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "pairs": args.pairs,
                    "records": records}, f, indent=1, default=str)

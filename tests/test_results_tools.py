@@ -245,6 +245,26 @@ def test_results_significance_against_the_reference_and_pairs(tmp_path):
     assert "| Better | Same |" in md
 
 
+def test_results_table_of_a_sampled_protocol_with_its_own_metrics(tmp_path):
+    data = tmp_path / "data"
+    write_inter(str(data / "tiny" / "tiny.inter"), n_users=40, n_items=60, min_len=8, max_len=12)
+    out = tmp_path / "out"
+    records = results.main(["--dataset", "tiny", "--models", "SASRec", "--seeds", "1", "--out", str(out), "--no_plot",
+                            "--metrics", "hit@5,ndcg@5", "--set", f"data_path={data}", "--set", "epochs=1",
+                            "--set", "topk=[5]", "--set", "metrics=['Hit','NDCG']", "--set", "valid_metric=NDCG@5",
+                            "--set", "eval_args={'split': {'LS': 'valid_and_test'}, 'group_by': 'user', "
+                                     "'order': 'TO', 'mode': 'uni50'}", *TINY])
+    md = (out / "tiny.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Model"))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns[1:3] == ["Hit@5", "NDCG@5"] and "Hit@10" not in columns
+    cells = _table(md)["SASRec"]
+    assert cells[2].strip("*") == f"{records[0]['test']['ndcg@5']:.4f}"
+    assert "uni50" in md
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset", "x", "--models", "SASRec", "--metrics", "ndcg10"])
+
+
 def test_results_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset", "x", "--models", "SASRec", "--seeds", "a,b"])

@@ -287,7 +287,8 @@ def import_one(label, checkpoint, dataset):
 
     ``checkpoint`` is a best-model file written by a training run (RecBole's ``<Model>-<dataset>-<time>.pth``);
     epochs come from it and its ``-last`` file, settings from the configuration stored in it. Training times
-    are unknown (``–``). A TiMiRec file's stage one (``-pretrain.pth`` beside it) is imported as its stage row.
+    are unknown (``–``). A TiMiRec file's stage one (the file its checkpoint names, else ``-pretrain.pth``
+    beside it) is imported as its stage row.
     """
     import torch
 
@@ -311,12 +312,16 @@ def import_one(label, checkpoint, dataset):
             epochs=None if last_epoch is None else last_epoch + 1, best_epoch=payload.get("epoch"),
             s_per_epoch=None, s_per_eval=None, settings=_settings(config, payload["model"], config["dataset"], label),
         )
+        # a multi-stage run names its earlier stage's file in its checkpoint (TiMiRec); else the naming rule
+        stage_file = ((payload.get("timirec_stages") or {}).get("pretrain") or {}).get("best_model_file")
         del payload
         result = qs.run_recbole(config_dict={"checkpoint_path": checkpoint, "test_only": True,
                                              "show_progress": False}, per_user=True)
         _record_result(record, result)
         stem = checkpoint[: -len(".pth")] if checkpoint.endswith(".pth") else checkpoint
         pretrain = stem + "-pretrain.pth"
+        if stage_file and os.path.isfile(stage_file):
+            pretrain = stage_file
         if os.path.isfile(pretrain):
             stage = import_one(f"{label} · pretrain", pretrain, dataset)
             record["stages"] = {"pretrain": {"test_result": stage.get("test"), "best_valid_score":

@@ -36,6 +36,8 @@ after correction); ``--pairs A:B,...`` adds the ablation pairs (a model against 
 **Resuming.** With ``--append``, a (model, seed) run the table already has with the same settings is kept and not
 run again (``--rerun`` forces it), so an interrupted table is resumed by repeating its command; other seeds of the
 same settings accumulate, and a model run with other settings replaces its old runs.
+With ``--checkpoint_dir`` a run that was stopped midway (its ``-last`` checkpoint is in the run's folder there, its
+row is not in the table) continues exactly from its last finished epoch instead of starting again.
 ``--import LABEL=CHECKPOINT`` adds a model trained by another command (e.g. ``run_recbole.py``) from its best
 checkpoint: its saved weights are tested (per-user metrics included; no training times).
 """
@@ -206,16 +208,19 @@ class RunProbe:
     def __call__(self, trainer, kind, seconds):
         if not self.stages or self.stages[-1]["trainer"] is not trainer:
             params = int(sum(p.numel() for p in trainer.model.parameters() if p.requires_grad))
-            self.stages.append({"trainer": trainer, "params": params, "train": [], "valid": []})
+            self.stages.append({"trainer": trainer, "params": params, "train": [], "valid": [], "last_epoch": None})
         self.stages[-1][kind].append(seconds)
+        if kind == "train":  # the epoch's index, counted from the run's start even when it was resumed
+            self.stages[-1]["last_epoch"] = getattr(trainer, "_last_trained_epoch", None)
 
     @staticmethod
     def summary(stage):
         """epochs, best epoch, mean seconds per epoch / validation pass and parameters of one stage."""
         train, valid = stage["train"], stage["valid"]
+        last = stage.get("last_epoch")
         return {
             "params": stage["params"],
-            "epochs": len(train),
+            "epochs": last + 1 if last is not None else len(train),
             "best_epoch": stage["trainer"].best_epoch,
             "s_per_epoch": sum(train) / len(train) if train else None,
             "s_per_eval": sum(valid) / len(valid) if valid else None,
@@ -234,7 +239,9 @@ def run_one(model, dataset, config_files, config_dict, label=None):
     probe = RunProbe()
     record = {"model": label or model, "class": model, "seed": config_dict.get("seed"),
               "config_files": [_repo_relative(f) for f in config_files],
-              "config_dict": {k: v for k, v in config_dict.items() if k != "checkpoint_dir"}}
+              "config_dict": {k: v for k, v in config_dict.items() if k not in ("checkpoint_dir", "checkpoint_path")}}
+    if config_dict.get("checkpoint_path"):
+        record["resumed_from"] = config_dict["checkpoint_path"]
     start = time.perf_counter()
     try:
         result = qs.run_recbole(
@@ -923,6 +930,10 @@ def main(argv=None):
                           f"(--rerun trains it again)", flush=True)
                     skipped.append((label, seed))
                     continue
+                partial = _unfinished_run(config_dict["checkpoint_dir"]) if args.checkpoint_dir and not args.rerun else None
+                if partial:  # an interrupted run of this table: continue it exactly from its last epoch
+                    config_dict["checkpoint_path"] = partial
+                    print(f"results.py: {label} (seed {seed}) resumes from {partial}", flush=True)
                 print(f"results.py: {label} (seed {seed}) on {args.dataset} ...", flush=True)
                 record = run_one(model, args.dataset, files, config_dict, label=label)
                 records.append(record)
@@ -953,6 +964,15 @@ def main(argv=None):
             models = [m for m in models if any(r["model"] == m for r in records)]
         _write_outputs(args, json_path, records, commands, models)
     return new_records
+
+
+def _unfinished_run(folder):
+    """The newest ``-last`` checkpoint in a (model, seed) checkpoint folder of ``--checkpoint_dir``, if any: a run
+    that was stopped before it reached the table (finished runs are in the table and never get here)."""
+    if not os.path.isdir(folder):
+        return None
+    lasts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith("-last.pth")]
+    return max(lasts, key=os.path.getmtime) if lasts else None
 
 
 def _report(record, label, seed):

@@ -157,6 +157,27 @@ def test_results_table_shows_earlier_stages(tmp_path):
     assert "pretrain only = ComiRec+" in md and md.count("### TiMiRec") == 2
 
 
+def test_results_resume_a_run_stopped_midway_from_its_checkpoint(tmp_path):
+    from recbole_timeplug.quick_start import run_recbole
+
+    data = tmp_path / "data"
+    write_inter(str(data / "tiny" / "tiny.inter"), n_users=40, n_items=30, min_len=8, max_len=12)
+    common = ["--dataset", "tiny", "--models", "SASRec", "--seeds", "3", "--no_plot", "--set", f"data_path={data}",
+              "--set", "epochs=3", "--set", "stopping_step=10", *TINY]
+    whole = results.main([*common, "--out", str(tmp_path / "whole")])[0]
+    # the same run, stopped after its first epoch: what results.py would have left in --checkpoint_dir
+    args = results.parse_args([*common, "--out", str(tmp_path / "out")])
+    ckpt = tmp_path / "ckpt"
+    config = {"seed": 3, "show_progress": False, "log_wandb": False, "checkpoint_dir": str(ckpt / "SASRec-seed3"),
+              **args.global_set, "epochs": 1}
+    run_recbole("SASRec", "tiny", config_file_list=results.config_files_for("SASRec", results.BASELINE_DIR, []),
+                config_dict=config)
+    resumed = results.main([*common, "--out", str(tmp_path / "out"), "--checkpoint_dir", str(ckpt)])[0]
+    assert resumed["resumed_from"].endswith("-last.pth") and "checkpoint_path" not in resumed["config_dict"]
+    assert resumed["epochs"] == whole["epochs"] == 3 and resumed["test"] == whole["test"]
+    assert results._run_key(resumed) == results._run_key(whole)
+
+
 def test_results_import_tests_saved_weights_with_their_stage(tmp_path):
     from recbole_timeplug.quick_start import run_recbole
 

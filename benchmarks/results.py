@@ -480,8 +480,13 @@ def _per_user_runs(records, out):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         users = data["users"] or list(range(len(next(iter(data["metrics"].values())))))
+        seen = {}
+        keys = []  # (user, n-th test case of that user): a split may test a user more than once
+        for u in users:
+            keys.append((u, seen.setdefault(u, 0)))
+            seen[u] += 1
         runs.setdefault(record["model"], {})[record.get("seed")] = {
-            u: {m: v[i] for m, v in data["metrics"].items()} for i, u in enumerate(users)}
+            key: {m: v[i] for m, v in data["metrics"].items()} for i, key in enumerate(keys)}
     return runs
 
 

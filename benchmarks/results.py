@@ -859,10 +859,8 @@ def _merge(old_records, old_commands, new_records, new_commands):
         owner = old.get("stage_of") or old["model"]
         if (old["model"], old.get("seed")) in replaced or (owner, old.get("seed")) in replaced:
             return False
-        if owner in trained and not old.get("imported_from"):
-            parent = old if not old.get("stage_of") else next(
-                (r for r in old_records if r["model"] == owner and r.get("seed") == old.get("seed")), old)
-            return _run_key(dict(parent, model=owner)) == trained[owner]
+        if owner in trained and not old.get("imported_from"):  # (a stage row carries its run's settings)
+            return _run_key(dict(old, model=owner)) == trained[owner]
         return True
 
     records = [r for r in old_records if kept(r)] + new_records

@@ -90,7 +90,10 @@ class Stepper:
 
     def __call__(self, batch):
         self.optim.zero_grad(set_to_none=True)
-        self.loss(batch).backward()
+        loss = self.loss(batch)
+        if isinstance(loss, tuple):  # several loss terms (e.g. TiMiRec's), summed as RecBole's trainer does
+            loss = sum(loss)
+        loss.backward()
         self.optim.step()
 
 

@@ -783,7 +783,8 @@ def plot(path, dataset, rows, markers=None, metrics=None):
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(metrics))]
         means = [row[m][0] or 0.0 for m in metrics]
         errs = [row[m][1] or 0.0 for m in metrics]
-        ax.bar(xs, means, width, yerr=errs if any(errs) else None, capsize=2, label=row["model"])
+        ax.bar(xs, means, width, yerr=errs if any(errs) else None, capsize=2, label=row["model"],
+               color=plt.cm.tab20.colors[i % 20])  # the default cycle repeats after 10 rows
         for x, metric, mean, err in zip(xs, metrics, means, errs):
             if (row["model"], metric) in markers:
                 ax.text(x, mean + err, markers[(row["model"], metric)], ha="center", va="bottom", fontsize=6)

@@ -339,9 +339,10 @@ def import_one(label, checkpoint, dataset):
         traceback.print_exc()
         message = str(err).strip().splitlines()
         record.update(status="failed", error=f"{type(err).__name__}: {message[0] if message else ''}"[:300])
+        empty = {"config_files": [], "config_dict": {}}  # the fields a table row reads; None otherwise
         for key in ("class", "seed", "config_files", "config_dict", "params", "epochs", "best_epoch",
                     "s_per_epoch", "s_per_eval", "settings"):
-            record.setdefault(key, None if key not in ("config_files", "config_dict") else ([] if key == "config_files" else {}))
+            record.setdefault(key, empty.get(key))
     record["wall_s"] = time.perf_counter() - start
     gc.collect()
     return record

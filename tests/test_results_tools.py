@@ -204,6 +204,12 @@ def test_results_import_tests_saved_weights_with_their_stage(tmp_path):
     assert "no training times" in md and _table(md)["TiMiRec"][-4:-2] == ["–", "–"]  # s/epoch, s/eval
     with pytest.raises(SystemExit):
         results.parse_args(["--dataset", "tiny", "--import", "TiMiRec"])  # no checkpoint named
+    # a file that is not a checkpoint: a failed row that says why, the table is still written
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    broken = results.main(["--dataset", "tiny", "--import", f"Broken={tmp_path / 'broken.pth'}", "--append",
+                           "--out", str(out), "--no_plot"])[0]
+    assert broken["status"] == "failed" and broken["error"]
+    assert "**failed**" in _table((out / "tiny.md").read_text())["Broken"][1]
 
 
 def _per_user_file(out, model, seed, ndcg):

@@ -46,6 +46,9 @@ def is_number(value):
     return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
+# losses that take no RecBole negatives: CE scores every item, SSM (ARERec) draws its own
+OWN_NEGATIVE_LOSSES = ("CE", "SSM")
+
 class ConfigChecks:
     """Typed, validated reads of one model's config keys (see the module docstring).
 
@@ -138,9 +141,9 @@ class ConfigChecks:
         its own negatives: none; others: some)."""
         loss = self.one_of("loss_type", allowed, default=default, normalise=str.upper)
         neg = self.config["train_neg_sample_args"]
-        if loss in ("CE", "SSM") and negative_sampling_on(neg):
+        if loss in OWN_NEGATIVE_LOSSES and negative_sampling_on(neg):
             raise self.error("train_neg_sample_args", neg, f"loss_type {loss} takes no RecBole negatives: set it to ~")
-        if loss not in ("CE", "SSM") and not negative_sampling_on(neg):
+        if loss not in OWN_NEGATIVE_LOSSES and not negative_sampling_on(neg):
             raise self.error(
                 "train_neg_sample_args",
                 neg,

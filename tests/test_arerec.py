@@ -531,3 +531,30 @@ def test_cli_trains_evaluates_and_reloads_on_ml100k(cli_config, tmp_path, run_cl
     # test-only: the index is rebuilt from the data, the metrics are those of the training run
     again = run_cli("run_recbole.py", f"--checkpoint_path={best}", "--test_only=True", "--state=INFO")
     assert printed(again.stdout + again.stderr, "test result") == test_line
+
+
+def test_history_full_sort_table_path_equals_the_direct_product(small):
+    """Full ranking's user side: the shared candidate-profile table (eval, no autograd) equals the literal per-row
+    product, with several candidate blocks, padded histories and an empty history (its term is 0)."""
+    model = _model(small, user_history=True).eval()
+    batch = next(iter(small["test"]))[0]
+    seq, lens = batch["item_id_list"].clone(), batch["item_length"].clone()
+    assert (lens < seq.shape[1]).any()
+    lens[0] = 0
+    seq[0] = 0
+    B, N = len(lens), model.n_items
+    with torch.no_grad():
+        direct = torch.zeros(B, N)
+        model._history_full_sort_direct(seq, lens, direct, 4)
+        model.history_table_floats = 5 * N * model.region_size  # blocks of 5 candidates, the last one shorter
+        assert N % 5
+        table = torch.zeros(B, N)
+        model._history_full_sort(seq, lens, table, 4)
+    assert torch.equal(direct[0], torch.zeros(N))
+    torch.testing.assert_close(table, direct, rtol=1e-5, atol=1e-6)
+    with torch.enable_grad():  # under autograd the direct form runs (gradients reach the history units)
+        scores = torch.zeros(B, N)
+        model._history_full_sort(seq, lens, scores, 4)
+        scores.sum().backward()
+    assert model.lcu_history_candidate.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(scores.detach(), direct, rtol=1e-5, atol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 from recbole_timeplug.errors import TimeplugError
 from recbole_timeplug.evaluation import holm, paired_bootstrap_ci, per_user_topk, wilcoxon_p
 from recbole_timeplug.quick_start import run_recbole
+from recbole_timeplug.registry import get_model
 
 
 def test_per_user_formulas_hand_computed():
@@ -84,3 +85,37 @@ def test_holm_hand_computed():
     assert holm([0.04, 0.01, None, 0.02]) == pytest.approx([0.04, 0.03, None, 0.04])
     assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
     assert holm([]) == []
+
+
+@pytest.mark.parametrize("model", ["SASRec", "TiSASRec"])
+def test_sampled_eval_from_full_sort_rows_equals_recboles_per_row_predict(tiny_config, model, monkeypatch):
+    """``sampled_eval_full_sort``: uni100 metrics (valid and test, per user) as RecBole's per-candidate
+    ``predict`` gives them; a model without ``full_sort_predict`` falls back to ``predict``."""
+    config = dict(tiny_config, model=model, epochs=1, topk=[5, 10],
+                  eval_args={"split": {"LS": "valid_and_test"}, "group_by": "user", "order": "TO", "mode": "uni100"})
+    cls = get_model(model)
+    predicted = []
+    original = cls.predict
+
+    def counting(self, interaction):
+        predicted.append(len(interaction))
+        return original(self, interaction)
+
+    monkeypatch.setattr(cls, "predict", counting)
+    rows = run_recbole(config_dict=config, per_user=True)
+    assert sum(predicted) > 101 * 100  # valid and test: every candidate row of every user
+    predicted.clear()
+    fast = run_recbole(config_dict=dict(config, sampled_eval_full_sort=True), per_user=True)
+    assert sum(predicted) <= 1  # only RecBole's FLOPs count at start-up
+    assert fast["best_valid_result"] == rows["best_valid_result"] and fast["test_result"] == rows["test_result"]
+    assert fast["test_per_user"]["user_id"] == rows["test_per_user"]["user_id"]
+    np.testing.assert_allclose(fast["test_per_user"]["ndcg@10"], rows["test_per_user"]["ndcg@10"])
+    if model == "SASRec":
+        from recbole.model.sequential_recommender.sasrec import SASRec
+
+        def no_full_sort(self, interaction):
+            raise NotImplementedError
+
+        monkeypatch.setattr(SASRec, "full_sort_predict", no_full_sort)
+        fallback = run_recbole(config_dict=dict(config, sampled_eval_full_sort=True), per_user=True)
+        assert fallback["test_result"] == rows["test_result"]

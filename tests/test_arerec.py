@@ -412,6 +412,36 @@ def test_fused_adam_variant_is_adam_up_to_rounding(small):
     assert not torch.equal(ours.lcu_item_user.weight, _model(small).lcu_item_user.weight)  # it did train
 
 
+def test_fused_variant_with_sparse_lcu_gradients_is_dense_fused_adam(small):
+    """adam_variant fused: the LCU tables get sparse gradients, which DenseGradAdam writes into persistent dense
+    buffers: the very same updates as torch's fused Adam over dense gradients (every row moves every step), also
+    when a step's gradient is dense or zero_grad keeps the buffers."""
+    from recbole_timeplug.model.sequential_recommender.arerec import DenseGradAdam
+
+    ours, reference = _model(small, adam_variant="fused"), _model(small, adam_variant="dense")  # dense LCU gradients
+    ours_opt = ours.build_optimizer(0.01)
+    assert isinstance(ours_opt, DenseGradAdam) and ours.sparse_lcu_grad and not reference.sparse_lcu_grad
+    reference_opt = torch.optim.Adam(reference.parameters(), lr=0.01, fused=True)
+    full = _batches(small, 1)[0]
+    # 4-row batches touch a few LCUs (sparse gradients); the whole batch uses the whole tables (dense gradients)
+    batches = [full[0:4], full[4:8], full[8:12], full, full[12:16]]
+    sparse = [True, True, False, False, True]
+    ours.train(), reference.train()
+    for step, inter in enumerate(batches):
+        keep = step == 2  # zero_grad(set_to_none=False): the dense buffer stays param.grad, zeroed in place
+        for model, opt in ((ours, ours_opt), (reference, reference_opt)):
+            opt.zero_grad(set_to_none=not keep)
+            model.calculate_loss(inter).backward()
+            if model is ours:
+                assert model.lcu_item_user.weight.grad.is_sparse == sparse[step], step
+            opt.step()
+        for (name, a), b in zip(ours.named_parameters(), reference.parameters()):
+            assert torch.equal(a, b), (step, name)
+    touched = ours_opt._dense_grads[id(ours.lcu_item_user.weight)][1]
+    assert 0 < len(touched) < ours.lcu_item_user.weight.shape[0]  # sparse indeed: a few rows per batch
+    assert ours_opt.state_dict()["state"].keys() == reference_opt.state_dict()["state"].keys()
+
+
 def test_lazy_adam_variant_steps_only_the_touched_lcu_rows(small):
     """adam_variant lazy: sparse LCU gradients + SparseAdam.  Rows a batch does not touch stay put, unlike
     dense Adam, which keeps moving every row with non-zero moments."""

@@ -178,7 +178,12 @@ class ARERec(SequentialRecommender):
         self.item_embedding = nn.Embedding(self.n_items, d)
         # K_UI / K_IU: one r x d matrix per LCU id (row 0 = padding), stored flat for embedding lookups.
         # adam_variant lazy: sparse gradients (only the rows a batch touches), stepped by SparseAdam
-        sparse = self.adam_variant == "lazy"
+        # fused (single process, no gradient clipping): sparse gradients that DenseGradAdam writes into persistent
+        # dense buffers -- the same dense Adam, without a fresh table-sized gradient to page in and zero each step
+        self.sparse_lcu_grad = self.adam_variant == "lazy" or (
+            self.adam_variant == "fused" and str(config["learner"]).lower() == "adam"
+            and not config["clip_grad_norm"] and config["single_spec"] is not False)
+        sparse = self.sparse_lcu_grad
         self.lcu_user_item = nn.Embedding(self.neighbor_index.num_lcu, r * d, sparse=sparse)
         self.lcu_item_user = nn.Embedding(self.neighbor_index.num_lcu, r * d, sparse=sparse)
         if self.use_attention:
@@ -352,7 +357,8 @@ class ARERec(SequentialRecommender):
 
         * ``dense``: Adam over dense gradients, as RecBole builds it (``BufferedAdam``: bitwise the same updates
           as torch's default single-tensor Adam, without allocating two table-sized temporaries per step);
-        * ``fused``: the fused Adam kernel: the same algorithm, rounding may differ in the last bit;
+        * ``fused``: the fused Adam kernel: the same algorithm, rounding may differ in the last bit
+          (``DenseGradAdam``: the LCU tables' sparse gradients go through persistent dense buffers);
         * ``lazy``: the LCU tables (almost all parameters) get sparse gradients and ``torch.optim.SparseAdam``
           (rows a batch does not touch keep their moments and do not move: *not* the official Keras Adam, whose
           moments decay and whose rows keep moving every step); every other parameter dense Adam.
@@ -365,7 +371,7 @@ class ARERec(SequentialRecommender):
                 torch.optim.SparseAdam(sparse, lr=learning_rate),
             )
         if self.adam_variant == "fused":
-            return torch.optim.Adam(self.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
+            return DenseGradAdam(self.parameters(), lr=learning_rate, weight_decay=weight_decay, fused=True)
         return BufferedAdam(self.parameters(), lr=learning_rate, weight_decay=weight_decay)
 
     def forward(self, user, items, query_time, item_seq=None, item_seq_len=None):
@@ -649,6 +655,46 @@ class OptimizerPair:
     def load_state_dict(self, state):
         self.optimizers[0].load_state_dict(state["dense"])
         self.optimizers[1].load_state_dict(state["sparse"])
+
+
+class DenseGradAdam(torch.optim.Adam):
+    """``torch.optim.Adam`` (ARERec's ``adam_variant: fused``) that also takes sparse gradients, with dense Adam's
+    update: a sparse gradient is written into a persistent dense buffer per parameter (zero outside the rows it
+    touches), which becomes ``param.grad`` for torch's step.  Every row moves every step, as with dense
+    gradients; what is saved is the table-sized gradient a dense embedding backward allocates, page-faults in
+    and zero-fills every step (on ml-100k at B = 16 that was two thirds of the training step).  State dict:
+    torch's Adam's (the buffers are derived, not saved)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        buffers = self.__dict__.setdefault("_dense_grads", {})
+        for group in self.param_groups:
+            for param in group["params"]:
+                grad = param.grad
+                if grad is None:
+                    continue
+                buffer, rows = buffers.get(id(param), (None, None))
+                if not grad.is_sparse:  # dense this step (e.g. a large batch used the whole table)
+                    if grad is buffer:
+                        buffers[id(param)] = (buffer, None)  # zero_grad(set_to_none=False) kept it: all rows dirty
+                    continue
+                grad = grad.coalesce()
+                if buffer is None:
+                    buffer = torch.zeros_like(param)
+                elif rows is None:
+                    buffer.zero_()
+                else:
+                    buffer.index_fill_(0, rows, 0.0)  # only the rows the last sparse gradient wrote
+                rows = grad.indices()[0]
+                buffer.index_copy_(0, rows, grad.values())
+                buffers[id(param)] = (buffer, rows)
+                param.grad = buffer
+        super().step()
+        return loss
 
 
 class BufferedAdam(torch.optim.Adam):

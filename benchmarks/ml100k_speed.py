@@ -1,11 +1,17 @@
-"""ARERec vs RecBole's SASRec in one process on ml-100k: training-step time and one full-sort validation pass.
+"""A model (default ARERec) vs RecBole's SASRec in one process on real data (RecBole's shipped ml-100k):
+training-step time and one full-sort validation pass.
 
-    OMP_NUM_THREADS=1 python benchmarks/arerec_speed.py --threads 1 --length 50 --batch_sizes 16,1024
+    OMP_NUM_THREADS=1 python benchmarks/ml100k_speed.py --threads 1 --length 50 --batch_sizes 16,1024
+    OMP_NUM_THREADS=1 python benchmarks/ml100k_speed.py --model TiSASRec --length 20 --batch_sizes 1024
+
+Unlike ``step_ratio.py`` / ``efficiency.py`` (synthetic batches, distinct timestamps, CE for every model) this
+times what a user's run does: the real sequences, times (51 % of ml-100k's consecutive gaps are 0 s) and
+negatives, each model's own loss and optimizer.
 
 Both models are built on RecBole's shipped ml-100k under ``configs/ml-100k_results.yaml`` with
-``MAX_ITEM_LIST_LENGTH = --length`` (ARERec reads it only with `user_history`; SASRec's cost grows with it), each with
+``MAX_ITEM_LIST_LENGTH = --length`` (ARERec reads it only with `user_history`), each with
 its own YAML defaults, and trained by the optimizer the package's trainer builds for it (``learner``,
-``learning_rate`` of the config; ``--set KEY=VALUE`` overrides ARERec's config, e.g. ``--set lcu_sparse_grad=True``).
+``learning_rate`` of the config; ``--set KEY=VALUE`` overrides the model's config, e.g. ``--set adam_variant=lazy``).
 
 * Training step: ``calculate_loss`` + backward + ``optimizer.step`` on real training batches (with their
   negatives) of each ``--batch_sizes``; the two models alternate step by step, ``--steps`` timed steps
@@ -13,7 +19,7 @@ its own YAML defaults, and trained by the optimizer the package's trainer builds
 * Validation pass: ``trainer.evaluate(valid_data)`` (full ranking over all items, metrics included), the two
   models alternating, ``--passes`` each; medians.
 
-Also ``--profile`` prints a torch.profiler table of one ARERec training step and one validation pass.
+Also ``--profile`` prints a torch.profiler table of one training step of the model and one validation pass.
 """
 
 import argparse
@@ -26,7 +32,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECKPOINT_DIR = tempfile.mkdtemp(prefix="arerec_speed_")  # trainers reserve file names there; removed at exit
+CHECKPOINT_DIR = tempfile.mkdtemp(prefix="ml100k_speed_")  # trainers reserve file names there; removed at exit
 atexit.register(shutil.rmtree, CHECKPOINT_DIR, True)
 
 
@@ -77,6 +83,7 @@ def step(model, optimizer, inter):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="ARERec")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--length", type=int, default=50)
     p.add_argument("--batch_sizes", default="16,1024")
@@ -98,11 +105,11 @@ def main(argv=None):
     for item in args.overrides:
         key, _, value = item.partition("=")
         overrides[key] = parse_value(value)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); ARERec overrides {overrides}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); {args.model} overrides {overrides}", flush=True)
 
     for bs in ([] if args.no_train else [int(x) for x in args.batch_sizes.split(",")]):
         runs = {}
-        for name, extra in (("SASRec", {}), ("ARERec", overrides)):
+        for name, extra in (("SASRec", {}), (args.model, overrides)):
             config, model, trainer, train_data, _ = build(name, args.length, bs, extra)
             model.train()
             runs[name] = (model, trainer.optimizer, batches(train_data, args.warmup + args.steps))
@@ -113,14 +120,14 @@ def main(argv=None):
                 step(model, opt, data[i])
                 if i >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-        ratio = statistics.median(a / s for a, s in zip(times["ARERec"], times["SASRec"]))
+        ratio = statistics.median(a / s for a, s in zip(times[args.model], times["SASRec"]))
         med = {name: 1000 * statistics.median(t) for name, t in times.items()}
-        print(f"train step B={bs} L={args.length}: SASRec {med['SASRec']:.1f} ms, ARERec {med['ARERec']:.1f} ms, "
-              f"ratio {med['ARERec'] / med['SASRec']:.1f}x (median of per-round ratios {ratio:.1f}x)", flush=True)
+        print(f"train step B={bs} L={args.length}: SASRec {med['SASRec']:.1f} ms, {args.model} {med[args.model]:.1f} ms, "
+              f"ratio {med[args.model] / med['SASRec']:.2f}x (median of per-round ratios {ratio:.2f}x)", flush=True)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
-            model, opt, data = runs["ARERec"]
+            model, opt, data = runs[args.model]
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 step(model, opt, data[0])
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
@@ -128,7 +135,7 @@ def main(argv=None):
 
     if not args.no_eval:
         runs = {}
-        for name, extra in (("SASRec", {}), ("ARERec", overrides)):
+        for name, extra in (("SASRec", {}), (args.model, overrides)):
             config, model, trainer, _, valid_data = build(name, args.length, 1024, extra)
             runs[name] = (trainer, valid_data)
         times = {name: [] for name in runs}
@@ -139,12 +146,12 @@ def main(argv=None):
                 results[name] = trainer.evaluate(valid_data, load_best_model=False)
                 times[name].append(time.perf_counter() - start)
         med = {name: statistics.median(t) for name, t in times.items()}
-        print(f"validation pass (full sort, ml-100k): SASRec {med['SASRec']:.2f} s, ARERec {med['ARERec']:.2f} s, "
-              f"ratio {med['ARERec'] / med['SASRec']:.1f}x; ARERec (untrained) {dict(results['ARERec'])}", flush=True)
+        print(f"validation pass (full sort, ml-100k): SASRec {med['SASRec']:.2f} s, {args.model} {med[args.model]:.2f} s, "
+              f"ratio {med[args.model] / med['SASRec']:.2f}x; {args.model} (untrained) {dict(results[args.model])}", flush=True)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile
 
-            trainer, valid_data = runs["ARERec"]
+            trainer, valid_data = runs[args.model]
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 trainer.evaluate(valid_data, load_best_model=False)
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))

@@ -412,16 +412,17 @@ def test_fused_adam_variant_is_adam_up_to_rounding(small):
     assert not torch.equal(ours.lcu_item_user.weight, _model(small).lcu_item_user.weight)  # it did train
 
 
-def test_fused_variant_with_sparse_lcu_gradients_is_dense_fused_adam(small):
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_fused_variant_with_sparse_lcu_gradients_is_dense_fused_adam(small, weight_decay):
     """adam_variant fused: the LCU tables get sparse gradients, which DenseGradAdam writes into persistent dense
     buffers: the very same updates as torch's fused Adam over dense gradients (every row moves every step), also
     when a step's gradient is dense or zero_grad keeps the buffers."""
     from recbole_timeplug.model.sequential_recommender.arerec import DenseGradAdam
 
     ours, reference = _model(small, adam_variant="fused"), _model(small, adam_variant="dense")  # dense LCU gradients
-    ours_opt = ours.build_optimizer(0.01)
+    ours_opt = ours.build_optimizer(0.01, weight_decay)
     assert isinstance(ours_opt, DenseGradAdam) and ours.sparse_lcu_grad and not reference.sparse_lcu_grad
-    reference_opt = torch.optim.Adam(reference.parameters(), lr=0.01, fused=True)
+    reference_opt = torch.optim.Adam(reference.parameters(), lr=0.01, weight_decay=weight_decay, fused=True)
     full = _batches(small, 1)[0]
     # 4-row batches touch a few LCUs (sparse gradients); the whole batch uses the whole tables (dense gradients)
     batches = [full[0:4], full[4:8], full[8:12], full, full[12:16]]

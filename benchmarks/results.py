@@ -935,7 +935,8 @@ def main(argv=None):
                           f"(--rerun trains it again)", flush=True)
                     skipped.append((label, seed))
                     continue
-                partial = _unfinished_run(config_dict["checkpoint_dir"]) if args.checkpoint_dir and not args.rerun else None
+                partial = (_unfinished_run(config_dict["checkpoint_dir"], model, args.dataset, files, config_dict)
+                           if args.checkpoint_dir and not args.rerun else None)
                 if partial:  # an interrupted run of this table: continue it exactly from its last epoch
                     config_dict["checkpoint_path"] = partial
                     print(f"results.py: {label} (seed {seed}) resumes from {partial}", flush=True)
@@ -971,13 +972,45 @@ def main(argv=None):
     return new_records
 
 
-def _unfinished_run(folder):
-    """The newest ``-last`` checkpoint in a (model, seed) checkpoint folder of ``--checkpoint_dir``, if any: a run
-    that was stopped before it reached the table (finished runs are in the table and never get here)."""
+# settings a stopped run may be continued under: another epoch cap continues the same run
+RESUMABLE_ACROSS = frozenset({"epochs"})
+
+
+def _unfinished_run(folder, model, dataset, config_files, config_dict):
+    """The newest ``-last`` checkpoint in a (model, seed) checkpoint folder of ``--checkpoint_dir`` that a run with
+    these settings left: a run stopped before it reached the table (finished runs with the same settings are in the
+    table and never get here).  A ``-last`` file written under other settings (the same label and seed trained with
+    another ``--set`` or config file) is left alone, so the run starts afresh instead of continuing someone else's."""
     if not os.path.isdir(folder):
         return None
-    lasts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith("-last.pth")]
-    return max(lasts, key=os.path.getmtime) if lasts else None
+    lasts = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.endswith("-last.pth")),
+                   key=os.path.getmtime, reverse=True)
+    if not lasts:
+        return None
+    wanted = _user_settings(model, dataset, config_files, config_dict)
+    for path in lasts:
+        from recbole_timeplug.checkpoint import load_checkpoint
+
+        payload = load_checkpoint(path, map_location="cpu")
+        stored = _comparable(payload.get("external_config") or {})
+        if payload.get("model") == model and payload.get("dataset") == dataset and stored == wanted:
+            return path
+        print(f"results.py: {path} was written under other settings: not resumed", flush=True)
+    return None
+
+
+def _user_settings(model, dataset, config_files, config_dict):
+    """The user-set configuration (files + dict) a run with these arguments has, as its checkpoints store it."""
+    from recbole_timeplug.checkpoint import plain_external_config
+    from recbole_timeplug.config import Config
+
+    return _comparable(plain_external_config(Config(model=model, dataset=dataset, config_file_list=list(config_files),
+                                                    config_dict=dict(config_dict))))
+
+
+def _comparable(external):
+    keep = {k: v for k, v in external.items() if k not in RESUMABLE_ACROSS and k != "checkpoint_dir"}
+    return json.dumps(keep, sort_keys=True, default=str)
 
 
 def _report(record, label, seed):

@@ -176,6 +176,11 @@ def test_results_resume_a_run_stopped_midway_from_its_checkpoint(tmp_path):
     assert resumed["resumed_from"].endswith("-last.pth") and "checkpoint_path" not in resumed["config_dict"]
     assert resumed["epochs"] == whole["epochs"] == 3 and resumed["test"] == whole["test"]
     assert results._run_key(resumed) == results._run_key(whole)
+    # the same label and seed under other settings (another batch size) does not continue that run's files
+    other = results.main([*common, "--set", "train_batch_size=64", "--out", str(tmp_path / "out"),
+                          "--checkpoint_dir", str(ckpt)])[0]
+    assert other.get("resumed_from") is None and other["epochs"] == 3
+    assert other["config_dict"]["train_batch_size"] == 64 and other["test"] != whole["test"]
 
 
 def test_results_import_tests_saved_weights_with_their_stage(tmp_path):

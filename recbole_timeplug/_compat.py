@@ -30,7 +30,9 @@ avoid the rest.
 8. ``Pop.calculate_loss`` counts with ``item_cnt[item] = item_cnt[item] + 1``: with an item twice in a batch the
    indexed assignment writes once, so an item's count is the number of *batches* it occurs in (at
    ``train_batch_size`` 1024 on ml-100k popular items are capped near the number of batches and the ranking is
-   wrong: test NDCG@10 .0208-.0261 by seed instead of .0231).  Counted with ``index_add_`` instead.
+   wrong: test NDCG@10 .0208-.0261 by seed); and with point-wise negative sampling on (RecBole's default for
+   general models) the sampled negatives' rows are counted as interactions.  Counted with ``index_add_``, positives
+   (label > 0) only.
 
 ``apply`` also installs this package's data checks (``recbole_timeplug.data.checks``: missing
 timestamps, what each filter removed), which hook into the same ``Dataset`` methods.
@@ -223,21 +225,30 @@ def modern_grad_scaler():
 
 
 def exact_pop_counts():
-    """RecBole's ``Pop`` counts an item once per batch however often it occurs there: count every occurrence."""
+    """RecBole's ``Pop`` counts an item once per batch however often it occurs there, and counts sampled negatives:
+    count every occurrence of every positive."""
     import torch
     from recbole.model.general_recommender.pop import Pop
 
     if getattr(Pop.calculate_loss, "_timeplug_patched", False):
         return
 
+    init = Pop.__init__
+
+    def __init__(self, config, dataset):
+        init(self, config, dataset)
+        self.LABEL = config["LABEL_FIELD"]
+
     def calculate_loss(self, interaction):
         item = interaction[self.ITEM_ID]
+        if self.LABEL in interaction:  # point-wise negative sampling adds label-0 rows: not interactions
+            item = item[interaction[self.LABEL] > 0]
         self.item_cnt.index_add_(0, item, torch.ones(len(item), 1, dtype=self.item_cnt.dtype, device=item.device))
         self.max_cnt = torch.max(self.item_cnt, dim=0)[0]
         return torch.nn.Parameter(torch.zeros(1)).to(self.device)
 
     calculate_loss._timeplug_patched = True
-    Pop.calculate_loss = calculate_loss
+    Pop.__init__, Pop.calculate_loss = __init__, calculate_loss
 
 
 def apply():

@@ -154,13 +154,16 @@ def test_pop_counts_every_occurrence_of_an_item_in_a_batch(tiny_config):
     from recbole_timeplug.config import Config
     from recbole_timeplug.registry import get_model
 
-    config = Config(model="Pop", config_dict={k: v for k, v in tiny_config.items() if k != "model"})
+    settings = {k: v for k, v in tiny_config.items() if k != "model"}
+    settings["train_neg_sample_args"] = {"distribution": "uniform", "sample_num": 1}  # adds label-0 rows
+    config = Config(model="Pop", config_dict=settings)
     dataset = create_dataset(config)
     train, _, _ = data_preparation(config, dataset)
     model = get_model("Pop")(config, train._dataset)
     items = []
     for batch in train:
-        items.append(batch["item_id"])
+        assert (batch["label"] == 0).any()
+        items.append(batch["item_id"][batch["label"] > 0])
         model.calculate_loss(batch)
     items = torch.cat(items)
     assert len(torch.unique(items)) < len(items) / 10  # batches repeat items (the case RecBole miscounts)

@@ -17,7 +17,8 @@ With ``sampled_eval_full_sort: True`` a sampled evaluation (``uni100``, ``pop100
 candidates from one ``full_sort_predict`` row instead of one ``predict`` call per candidate row
 (:meth:`CheckpointMixin._neg_sample_batch_eval`): a sequential model encodes each history once, not 101
 times.  The candidates' scores are the same numbers up to float rounding (a matmul instead of row-wise dot
-products), where a model's ``predict`` equals its full-sort column (tested for every plugin model and SASRec).
+products), for a model whose ``predict`` equals its full-sort column (tested against RecBole's per-row path for
+SASRec and TiSASRec).
 
 A model with its own training procedure defines ``<Model>Trainer`` here (subclassing :class:`Trainer`
 or ``safe_trainer(<RecBole trainer>)``); ``registry.get_trainer`` finds it by name.
@@ -28,8 +29,7 @@ import time
 
 import torch
 from recbole.trainer import Trainer as RecBoleTrainer
-from recbole.utils import EvaluatorType
-from recbole.utils import get_local_time, init_seed, set_color
+from recbole.utils import EvaluatorType, get_local_time, init_seed, set_color
 
 from recbole_timeplug.checkpoint import (
     TRUST_KEY,

@@ -680,10 +680,11 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
         s = first_ok["settings"]
         ev = s.get("eval_args") or {}
         lines.append(
-            "**Protocol** (`baseline/common_protocol.yaml`): split `{}`, order `{}`, grouped by `{}`, "
+            "**Protocol** ({}): split `{}`, order `{}`, grouped by `{}`, "
             "ranking mode `{}` "
             "(full = all items), user/item filters `{}` / `{}`; test metrics at the epoch with the best "
             "validation `{}` (early stopping after `{}` epochs without improvement).".format(
+                " then ".join(f"`{f}`" for f in ["baseline/common_protocol.yaml"] + list(first_ok.get("config_files") or [])),
                 ev.get("split"), ev.get("order"), ev.get("group_by"), ev.get("mode"),
                 s.get("user_inter_num_interval"), s.get("item_inter_num_interval"), s.get("valid_metric"),
                 s.get("stopping_step")))
@@ -691,7 +692,7 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
     seed_list = sorted({r["seed"] for r in records if r.get("seed") is not None})
     seeds = ", ".join(map(str, seed_list))
     lines.append(f"Seeds: {seeds}" + (" — cells are mean ± std (ddof=1) over the seeds that finished." if len(seed_list) > 1 else "."))
-    lines.append("`s/epoch` = training time per epoch, `s/eval` = one validation pass (full ranking), "
+    lines.append("`s/epoch` = training time per epoch, `s/eval` = one validation pass (ranking mode above), "
                  "`epochs` = epochs trained (best epoch in brackets, counting from 0).")
     lines.append("")
     header = ["Model"] + [metric_label(m) for m in metrics] + ["valid", "params", "epochs", "s/epoch", "s/eval",

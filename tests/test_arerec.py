@@ -201,6 +201,36 @@ def test_factored_and_block_scoring_equal_the_literal_formulation(small, overrid
     assert fast.std() > 1e-3 and fast.unique().numel() > fast.shape[1]  # scores really differ between items
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"use_attention": False},
+        {"max_neighbors": 3, "masked_max": False, "cold_item_bias": False},
+        {"max_neighbors": None, "masked_max": False, "eval_item_chunk": 5, "eval_user_chunk": 7},
+        {"max_neighbors": None, "use_attention": False, "exclude_self": False, "eval_item_chunk": 3},
+    ],
+    ids=["attention", "no-attention", "M3-official-max", "unlimited-official-max-chunked", "unlimited-no-attention-with-self"],
+)
+def test_recent_window_full_sort_equals_the_literal_formulation(small, overrides):
+    """``neighbor_window: recent``: a slot's user changes with t*, so full ranking has its own path
+    (``_full_sort_recent``); it must give every (user, item) the literal per-slot score."""
+    model = _model(small, neighbor_window="recent", **overrides).eval()
+    for split in ("valid", "test"):
+        batch = next(iter(small[split]))[0]
+        u, t = batch["user_id"], model.query_time(batch)
+        items = torch.arange(model.n_items).expand(u.shape[0], -1)
+        with torch.no_grad():
+            literal = model._score_reference(u, items, t)
+            fast = model.full_sort_predict(batch)
+        torch.testing.assert_close(fast, literal)
+        assert fast.std() > 1e-3 and fast.unique().numel() > fast.shape[1]
+    # the windows really differ on this data: some slot holds another user than under `earliest`
+    recent, _, _ = model.neighbor_index.lookup(u, items, t)
+    earliest, _, _ = _model(small, neighbor_window="earliest", **overrides).neighbor_index.lookup(u, items, t)
+    assert (recent > 0).any() and not torch.equal(recent, earliest)
+
+
 def test_official_max_with_negative_ratings_keeps_the_padding_zero_in_narrow_blocks(small):
     """masked_max False: an item with fewer LCUs than W has padding slots, whose zero wins the max when every
     neighbour rating is negative; full ranking cuts such items' blocks narrower and must keep that zero."""

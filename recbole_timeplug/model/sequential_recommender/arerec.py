@@ -65,8 +65,8 @@ table gather per (item, slot) plus the per-row attention weights (``_full_sort_f
 by their number of LCUs, so a block is no wider than its widest item).  The user side of full ranking
 computes each item's candidate profiles K_C[h] E_I^T once per call and pools gathered rows of that table
 (``_history_full_sort``).  The ``recent``
-window has no fixed user per LCU and always uses the literal path (much slower in full ranking; lower the
-chunks or use ``uni100``).
+window has no fixed user per LCU: training uses the literal path; full ranking keeps the per-LCU item side and
+multiplies each (slot, item) unit by the rows' attended neighbour vectors (``_full_sort_recent``).
 
 Optimizer.  The two LCU tables hold almost all parameters, and Adam over dense gradients updates every row
 every step; ``adam_variant`` (``build_optimizer``, used by ``ARERecTrainer`` with ``learner: adam``) picks
@@ -523,6 +523,8 @@ class ARERec(SequentialRecommender):
         # all rows (_full_sort_fast).  Otherwise (recent window, or called in training mode) the general path.
         if self._factored_ok() and not self.training:
             self._full_sort_fast(user, query_time, scores, row_step, item_step)
+        elif self.neighbor_index.window == "recent" and not self.training:
+            self._full_sort_recent(user, query_time, scores, row_step, item_step)
         else:
             all_items = torch.arange(N, device=user.device)
             for r0 in range(0, B, row_step):
@@ -616,6 +618,80 @@ class ARERec(SequentialRecommender):
                         s.addcmul_(a[h].unsqueeze(1), R_blk[h])
                 v = self._max_pool_slots(s, invalid, pad=W < full_width)  # [r, C, b]
                 scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
+
+    def _full_sort_recent(self, user, query_time, scores, row_step, item_step):
+        """Fills ``scores`` [B, n_items] (``recent`` window, eval mode); equal to ``forward`` on every item.
+
+        With the ``recent`` window slot m of item j is still LCU 1 + lcu_ptr[j] + m for every row, but its user
+        is the (c - 1 - m)-th of j's training users, c = c(j, t*): it changes with the row, so the per-LCU
+        products of ``_full_sort_fast`` do not exist.  What stays per LCU is the item side
+        Q[l] = K_UI[l] E_I[j] and the bias part c[l] * Q[l]; the neighbour side is linear in the attended
+        neighbour vector y_m = sum_h a_{m,h} W_o^(h) v_h(n_m) (``z`` below, for all users once per call):
+        s_m = (diag(Q[l]) K_IU[l]) y_m + c[l] * Q[l], one [b, d] x [d, r] product per (slot, item) of a block
+        instead of gathering an r x d LCU pair per (row, item, slot).  Items are visited by their number of
+        LCUs as in ``_full_sort_fast``; row blocks are capped at 64 rows (the [W, C, b, d] neighbour vectors)."""
+        index = self.neighbor_index
+        d, r, H = self.embedding_size, self.region_size, self.n_heads
+        k_iu = self.lcu_item_user.weight.view(-1, r, d)
+        Q = torch.einsum("srd,sd->sr", self.lcu_user_item.weight.view(-1, r, d), self.item_embedding(index.lcu_item))
+        attention = self.use_attention
+        if attention:
+            dh = d // H
+            x_all = self.user_embedding.weight
+            v_all = self.w_v(x_all).view(self.n_users, H, dh)
+            z = torch.einsum("ohk,uhk->huo", self.w_o.weight.view(d, H, dh), v_all).contiguous()  # [H, U, d]
+            keys_all = self.w_k(x_all).view(self.n_users, H, dh)
+            R0 = torch.einsum("srd,d->sr", k_iu, self.w_o.bias) * Q  # c[l] * Q[l], [S, r]
+        else:
+            z = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
+        B, N = scores.shape
+        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]
+        order = torch.argsort(n_lcu, stable=True)
+        widths = n_lcu[order].tolist()
+        slot_all = torch.arange(index.width, device=user.device)
+        row_step = min(row_step, 64)
+        last_edge = max(index.num_edges - 1, 0)
+        for r0 in range(0, B, row_step):
+            rows = slice(r0, min(r0 + row_step, B))
+            u, t = user[rows], query_time[rows]
+            b = u.shape[0]
+            if attention:
+                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
+                table = torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)  # [H, U, b]
+                row_ids = torch.arange(b, device=u.device)
+            for c0 in range(0, N, item_step):
+                c1 = min(c0 + item_step, N)
+                items = order[c0:c1]
+                C, W = c1 - c0, max(widths[c1 - 1], 1)
+                slot = slot_all[:W].view(W, 1, 1)
+                lcu = torch.where(slot[..., 0] < n_lcu[items], 1 + index.lcu_ptr[items] + slot[..., 0], 0)  # [W, C]
+                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
+                pos = count.unsqueeze(0) - 1 - slot  # [W, C, b]: slot 0 = the most recent user before t*
+                valid = pos >= 0
+                edge = (index.item_ptr[items].view(1, C, 1) + pos).clamp(0, last_edge)
+                nbr = torch.where(valid, index.nbr_user[edge], 0) if index.num_edges else torch.zeros_like(pos)
+                if index.exclude_self:
+                    valid = valid & (nbr != u.view(1, 1, b))
+                invalid = ~valid
+                if attention:
+                    a = torch.softmax(table[:, nbr, row_ids].masked_fill_(invalid, -1e9), dim=1)  # [H, W, C, b]
+                    y = a[0].unsqueeze(-1) * z[0][nbr]
+                    for h in range(1, H):
+                        y.addcmul_(a[h].unsqueeze(-1), z[h][nbr])
+                else:
+                    y = z[0][nbr]  # [W, C, b, d]
+                K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [W, C, r, d]
+                s = torch.matmul(y, K.transpose(-1, -2))  # [W, C, b, r]
+                if attention:
+                    s += R0[lcu].unsqueeze(2)
+                if self.masked_max:
+                    v = s.masked_fill_(invalid.unsqueeze(-1), float("-inf")).amax(dim=0)  # [C, b, r]
+                    v = v.masked_fill_(v == float("-inf"), 0.0)
+                else:  # official: empty slots take part with exact zeros (narrow blocks had such slots too)
+                    v = s.masked_fill_(invalid.unsqueeze(-1), 0.0).amax(dim=0)
+                    if W < index.width:
+                        v = v.clamp_min(0.0)
+                scores[rows, items] = self._score_head(v.transpose(0, 1), items.unsqueeze(0))
 
     def _max_pool_slots(self, s, invalid, pad):
         """Step 4 over the first (slot) axis of s [W, r, C, B] -> [r, C, B]; with ``masked_max`` the empty slots

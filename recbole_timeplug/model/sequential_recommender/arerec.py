@@ -546,6 +546,41 @@ class ARERec(SequentialRecommender):
             return P * Q.unsqueeze(1), c * Q
         return P * Q, None
 
+    def _full_sort_blocks(self, user, query_time, n_items, row_step, item_step):
+        """The blocks both full-ranking paths visit: ``(rows, u, t, table, items, slot, lcu, count)``.
+
+        Items are sorted by their number of LCUs min(n_j, M), so a block of ``item_step`` items is only as wide
+        as its widest item, W (slots p >= min(n_j, M) never hold a neighbour); per chunk of ``row_step`` rows
+        ``table`` [H, U, b] holds the scaled query-key logits of the rows' users against every user (``None``
+        without attention).  ``slot`` [W, 1] = 0..W-1, ``lcu`` [W, C] = the block's LCU ids 1 + lcu_ptr[j] + p
+        (0 where p >= min(n_j, M)), ``count`` [C, b] = c(j, t*) of every (item, row)."""
+        index = self.neighbor_index
+        if self.use_attention:
+            H = self.n_heads
+            dh = self.embedding_size // H
+            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
+        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M) per item
+        order = torch.argsort(n_lcu, stable=True)
+        widths = n_lcu[order].tolist()
+        slot_all = torch.arange(index.width, device=user.device)
+        for r0 in range(0, user.shape[0], row_step):
+            rows = slice(r0, min(r0 + row_step, user.shape[0]))
+            u, t = user[rows], query_time[rows]
+            b = u.shape[0]
+            table = None
+            if self.use_attention:
+                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
+                table = (torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)).contiguous()  # [H, U, b]
+            for c0 in range(0, n_items, item_step):
+                c1 = min(c0 + item_step, n_items)
+                items = order[c0:c1]
+                slot = slot_all[: max(widths[c1 - 1], 1)].view(-1, 1)  # sorted: the last item is the widest
+                start = index.lcu_ptr[items].unsqueeze(0)
+                exists = slot < n_lcu[items].unsqueeze(0)  # p < min(n_j, M)
+                lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [W, C]
+                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
+                yield rows, u, t, table, items, slot, lcu, count
+
     def _full_sort_fast(self, user, query_time, scores, row_step, item_step):
         """Fills ``scores`` [B, n_items] (earliest window, eval mode); equal to ``forward`` on every item.
 
@@ -555,9 +590,9 @@ class ARERec(SequentialRecommender):
 
         * the per-LCU tables (``_rating_tables``), the keys of all users and, per row chunk, the query-user
           logit table [H, B, U] are computed once, not per item block;
-        * items are visited sorted by their number of LCUs min(n_j, M), so a block is only as wide as its
-          widest item (slots p >= min(n_j, M) never hold a neighbour; with ``masked_max: False`` such a
-          padding slot takes part in the max with 0, which a clamp at 0 restores);
+        * items are visited sorted by their number of LCUs (``_full_sort_blocks``), so a block is only as wide
+          as its widest item (with ``masked_max: False`` a padding slot cut off takes part in the max with 0,
+          which a clamp at 0 restores);
         * the neighbour ratings are laid out [W, r, C, B] (slot first, row last): the max-pool over slots is then
           an elementwise maximum of contiguous planes, the attention logits are gathered as contiguous rows of
           a [H, U, B] table, and the ratings are built with in-place multiply-adds, one pass per head.
@@ -569,55 +604,34 @@ class ARERec(SequentialRecommender):
         if attention:
             RT = R.permute(1, 2, 0).contiguous()  # [H, r, S]
             R0T = R0.t().contiguous()  # [r, S]
-            dh = self.embedding_size // H
-            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
         else:
             RT = R.t().contiguous()  # [r, S]
-        B, N = scores.shape
         r = self.region_size
-        full_width = index.width
-        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M) per item
-        order = torch.argsort(n_lcu, stable=True)
-        widths = n_lcu[order].tolist()
-        slot_all = torch.arange(full_width, device=user.device)
-        for r0 in range(0, B, row_step):
-            rows = slice(r0, min(r0 + row_step, B))
-            u, t = user[rows], query_time[rows]
-            b = u.shape[0]
+        for rows, u, t, table, items, slot, lcu, count in self._full_sort_blocks(
+                user, query_time, scores.shape[1], row_step, item_step):
+            W, C, b = slot.shape[0], items.shape[0], u.shape[0]
+            nbr = index.lcu_user[lcu]  # [W, C]
+            valid = slot.unsqueeze(-1) < count  # [W, C, b]: p < c(j, t*) (c <= n_j, p < W <= M imply exists)
+            if index.exclude_self:
+                valid = valid & (nbr.unsqueeze(-1) != u.view(1, 1, b))
+            invalid = ~valid
+            # neighbour ratings s [W, r, C, b]; masked_max: empty slots start at -inf (a finite rating added
+            # to -inf stays -inf), official max: they are set to exact zeros once s is complete
+            base = (R0T if attention else RT)[:, lcu].permute(1, 0, 2).unsqueeze(-1)  # [W, r, C, 1], all rows
+            s = torch.empty(W, r, C, b, device=base.device)
+            if self.masked_max:
+                neg = torch.zeros(W, 1, C, b, device=base.device).masked_fill_(invalid.unsqueeze(1), float("-inf"))
+                torch.add(base, neg, out=s)
+            else:
+                s.copy_(base.expand(W, r, C, b))
             if attention:
-                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
-                table = (torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)).contiguous()  # [H, U, b]
-            for c0 in range(0, N, item_step):
-                c1 = min(c0 + item_step, N)
-                items = order[c0:c1]
-                C, W = c1 - c0, max(widths[c1 - 1], 1)  # sorted: the last item is the widest
-                slot = slot_all[:W].view(W, 1)
-                start = index.lcu_ptr[items].unsqueeze(0)
-                exists = slot < n_lcu[items].unsqueeze(0)  # p < min(n_j, M)
-                lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [W, C]
-                nbr = index.lcu_user[lcu]  # [W, C]
-                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
-                valid = slot.unsqueeze(-1) < count  # [W, C, b]: p < c(j, t*) (c <= n_j, p < W <= M imply exists)
-                if index.exclude_self:
-                    valid = valid & (nbr.unsqueeze(-1) != u.view(1, 1, b))
-                invalid = ~valid
-                # neighbour ratings s [W, r, C, b]; masked_max: empty slots start at -inf (a finite rating added
-                # to -inf stays -inf), official max: they are set to exact zeros once s is complete
-                base = (R0T if attention else RT)[:, lcu].permute(1, 0, 2).unsqueeze(-1)  # [W, r, C, 1], all rows
-                s = torch.empty(W, r, C, b, device=base.device)
-                if self.masked_max:
-                    neg = torch.zeros(W, 1, C, b, device=base.device).masked_fill_(invalid.unsqueeze(1), float("-inf"))
-                    torch.add(base, neg, out=s)
-                else:
-                    s.copy_(base.expand(W, r, C, b))
-                if attention:
-                    logits = torch.index_select(table, 1, nbr.flatten()).view(H, W, C, b)
-                    a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=1)
-                    R_blk = RT[:, :, lcu].permute(0, 2, 1, 3).unsqueeze(-1)  # [H, W, r, C, 1], shared by all rows
-                    for h in range(H):  # H is small: in-place multiply-adds beat a batched matmul of H x r blocks
-                        s.addcmul_(a[h].unsqueeze(1), R_blk[h])
-                v = self._max_pool_slots(s, invalid, pad=W < full_width)  # [r, C, b]
-                scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
+                logits = torch.index_select(table, 1, nbr.flatten()).view(H, W, C, b)
+                a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=1)
+                R_blk = RT[:, :, lcu].permute(0, 2, 1, 3).unsqueeze(-1)  # [H, W, r, C, 1], shared by all rows
+                for h in range(H):  # H is small: in-place multiply-adds beat a batched matmul of H x r blocks
+                    s.addcmul_(a[h].unsqueeze(1), R_blk[h])
+            v = self._max_pool_slots(s, invalid, pad=W < index.width)  # [r, C, b]
+            scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
 
     def _full_sort_recent(self, user, query_time, scores, row_step, item_step):
         """Fills ``scores`` [B, n_items] (``recent`` window, eval mode); equal to ``forward`` on every item.
@@ -637,61 +651,42 @@ class ARERec(SequentialRecommender):
         attention = self.use_attention
         if attention:
             dh = d // H
-            x_all = self.user_embedding.weight
-            v_all = self.w_v(x_all).view(self.n_users, H, dh)
+            v_all = self.w_v(self.user_embedding.weight).view(self.n_users, H, dh)
             z = torch.einsum("ohk,uhk->huo", self.w_o.weight.view(d, H, dh), v_all).contiguous()  # [H, U, d]
-            keys_all = self.w_k(x_all).view(self.n_users, H, dh)
             R0 = torch.einsum("srd,d->sr", k_iu, self.w_o.bias) * Q  # c[l] * Q[l], [S, r]
         else:
             z = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
-        B, N = scores.shape
-        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]
-        order = torch.argsort(n_lcu, stable=True)
-        widths = n_lcu[order].tolist()
-        slot_all = torch.arange(index.width, device=user.device)
-        row_step = min(row_step, 64)
         last_edge = max(index.num_edges - 1, 0)
-        for r0 in range(0, B, row_step):
-            rows = slice(r0, min(r0 + row_step, B))
-            u, t = user[rows], query_time[rows]
-            b = u.shape[0]
+        for rows, u, t, table, items, slot, lcu, count in self._full_sort_blocks(
+                user, query_time, scores.shape[1], min(row_step, 64), item_step):
+            C, b = items.shape[0], u.shape[0]
+            pos = count.unsqueeze(0) - 1 - slot.unsqueeze(-1)  # [W, C, b]: slot 0 = the most recent user before t*
+            valid = pos >= 0  # (p < c <= n_j and p < W <= M imply p < min(n_j, M))
+            edge = (index.item_ptr[items].view(1, C, 1) + pos).clamp(0, last_edge)
+            nbr = torch.where(valid, index.nbr_user[edge], 0) if index.num_edges else torch.zeros_like(pos)
+            if index.exclude_self:
+                valid = valid & (nbr != u.view(1, 1, b))
+            invalid = ~valid
             if attention:
-                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
-                table = torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)  # [H, U, b]
                 row_ids = torch.arange(b, device=u.device)
-            for c0 in range(0, N, item_step):
-                c1 = min(c0 + item_step, N)
-                items = order[c0:c1]
-                C, W = c1 - c0, max(widths[c1 - 1], 1)
-                slot = slot_all[:W].view(W, 1, 1)
-                lcu = torch.where(slot[..., 0] < n_lcu[items], 1 + index.lcu_ptr[items] + slot[..., 0], 0)  # [W, C]
-                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
-                pos = count.unsqueeze(0) - 1 - slot  # [W, C, b]: slot 0 = the most recent user before t*
-                valid = pos >= 0
-                edge = (index.item_ptr[items].view(1, C, 1) + pos).clamp(0, last_edge)
-                nbr = torch.where(valid, index.nbr_user[edge], 0) if index.num_edges else torch.zeros_like(pos)
-                if index.exclude_self:
-                    valid = valid & (nbr != u.view(1, 1, b))
-                invalid = ~valid
-                if attention:
-                    a = torch.softmax(table[:, nbr, row_ids].masked_fill_(invalid, -1e9), dim=1)  # [H, W, C, b]
-                    y = a[0].unsqueeze(-1) * z[0][nbr]
-                    for h in range(1, H):
-                        y.addcmul_(a[h].unsqueeze(-1), z[h][nbr])
-                else:
-                    y = z[0][nbr]  # [W, C, b, d]
-                K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [W, C, r, d]
-                s = torch.matmul(y, K.transpose(-1, -2))  # [W, C, b, r]
-                if attention:
-                    s += R0[lcu].unsqueeze(2)
-                if self.masked_max:
-                    v = s.masked_fill_(invalid.unsqueeze(-1), float("-inf")).amax(dim=0)  # [C, b, r]
-                    v = v.masked_fill_(v == float("-inf"), 0.0)
-                else:  # official: empty slots take part with exact zeros (narrow blocks had such slots too)
-                    v = s.masked_fill_(invalid.unsqueeze(-1), 0.0).amax(dim=0)
-                    if W < index.width:
-                        v = v.clamp_min(0.0)
-                scores[rows, items] = self._score_head(v.transpose(0, 1), items.unsqueeze(0))
+                a = torch.softmax(table[:, nbr, row_ids].masked_fill_(invalid, -1e9), dim=1)  # [H, W, C, b]
+                y = a[0].unsqueeze(-1) * z[0][nbr]  # attended neighbour vectors [W, C, b, d]
+                for h in range(1, H):
+                    y.addcmul_(a[h].unsqueeze(-1), z[h][nbr])
+            else:
+                y = z[0][nbr]
+            K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [W, C, r, d]
+            s = torch.matmul(y, K.transpose(-1, -2))  # [W, C, b, r]
+            if attention:
+                s += R0[lcu].unsqueeze(2)
+            if self.masked_max:
+                v = s.masked_fill_(invalid.unsqueeze(-1), float("-inf")).amax(dim=0)  # [C, b, r]
+                v = v.masked_fill_(v == float("-inf"), 0.0)
+            else:  # official: empty slots take part with exact zeros (narrow blocks had such slots too)
+                v = s.masked_fill_(invalid.unsqueeze(-1), 0.0).amax(dim=0)
+                if slot.shape[0] < index.width:
+                    v = v.clamp_min(0.0)
+            scores[rows, items] = self._score_head(v.transpose(0, 1), items.unsqueeze(0))
 
     def _max_pool_slots(self, s, invalid, pad):
         """Step 4 over the first (slot) axis of s [W, r, C, B] -> [r, C, B]; with ``masked_max`` the empty slots

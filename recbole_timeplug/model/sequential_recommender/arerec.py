@@ -679,14 +679,11 @@ class ARERec(SequentialRecommender):
             s = torch.matmul(y, K.transpose(-1, -2))  # [W, C, b, r]
             if attention:
                 s += R0[lcu].unsqueeze(2)
+            s = s.permute(0, 3, 1, 2)  # [W, r, C, b], the layout of _max_pool_slots
             if self.masked_max:
-                v = s.masked_fill_(invalid.unsqueeze(-1), float("-inf")).amax(dim=0)  # [C, b, r]
-                v = v.masked_fill_(v == float("-inf"), 0.0)
-            else:  # official: empty slots take part with exact zeros (narrow blocks had such slots too)
-                v = s.masked_fill_(invalid.unsqueeze(-1), 0.0).amax(dim=0)
-                if slot.shape[0] < index.width:
-                    v = v.clamp_min(0.0)
-            scores[rows, items] = self._score_head(v.transpose(0, 1), items.unsqueeze(0))
+                s.masked_fill_(invalid.unsqueeze(1), float("-inf"))
+            v = self._max_pool_slots(s, invalid, pad=slot.shape[0] < index.width)  # [r, C, b]
+            scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
 
     def _max_pool_slots(self, s, invalid, pad):
         """Step 4 over the first (slot) axis of s [W, r, C, B] -> [r, C, B]; with ``masked_max`` the empty slots

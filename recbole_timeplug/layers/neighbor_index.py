@@ -159,6 +159,19 @@ class NeighborIndex(nn.Module):
         key = items * self.stride + q.unsqueeze(-1)
         return torch.searchsorted(self.keys, key.contiguous(), right=False) - self.item_ptr[items]
 
+    def edge_users(self, start, pos, valid, query_users):
+        """The neighbour users of edges ``start + pos`` (``start`` = ``item_ptr`` of each slot's item, all
+        broadcastable) where ``valid``, and ``valid`` with the querying users ``query_users`` dropped when
+        ``exclude_self`` (their slots become holes).  Returns ``(user, edge, valid)``; ``user`` is arbitrary
+        where ``valid`` is False."""
+        edge = start + pos
+        if self.num_edges == 0:
+            return torch.zeros_like(edge), edge, torch.zeros_like(valid)
+        user = self.nbr_user[edge.clamp(0, self.num_edges - 1)]
+        if self.exclude_self:
+            valid = valid & (user != query_users)
+        return user, edge, valid
+
     def lookup(self, users, items, query_time):
         """Neighbours of every (user, candidate) pair.
 
@@ -178,14 +191,7 @@ class NeighborIndex(nn.Module):
         else:  # recent: slot 0 = most recent interaction strictly before t*
             pos = count - 1 - slot
             valid = pos >= 0
-        edge = start + pos
-        if self.num_edges == 0:
-            valid = torch.zeros_like(valid)
-            user = torch.zeros_like(edge)
-        else:
-            user = self.nbr_user[edge.clamp(0, self.num_edges - 1)]
-        if self.exclude_self:
-            valid = valid & (user != users.view(-1, 1, 1))
+        user, edge, valid = self.edge_users(start, pos, valid, users.view(-1, 1, 1))
         lcu = 1 + self.lcu_ptr[items].unsqueeze(-1) + slot
         zero = torch.zeros((), dtype=torch.long, device=items.device)
         return (

@@ -656,16 +656,13 @@ class ARERec(SequentialRecommender):
             R0 = torch.einsum("srd,d->sr", k_iu, self.w_o.bias) * Q  # c[l] * Q[l], [S, r]
         else:
             z = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
-        last_edge = max(index.num_edges - 1, 0)
         for rows, u, t, table, items, slot, lcu, count in self._full_sort_blocks(
                 user, query_time, scores.shape[1], min(row_step, 64), item_step):
             C, b = items.shape[0], u.shape[0]
             pos = count.unsqueeze(0) - 1 - slot.unsqueeze(-1)  # [W, C, b]: slot 0 = the most recent user before t*
-            valid = pos >= 0  # (p < c <= n_j and p < W <= M imply p < min(n_j, M))
-            edge = (index.item_ptr[items].view(1, C, 1) + pos).clamp(0, last_edge)
-            nbr = torch.where(valid, index.nbr_user[edge], 0) if index.num_edges else torch.zeros_like(pos)
-            if index.exclude_self:
-                valid = valid & (nbr != u.view(1, 1, b))
+            # (p >= 0 with p < c <= n_j and p < W <= M imply p < min(n_j, M))
+            nbr, _, valid = index.edge_users(index.item_ptr[items].view(1, C, 1), pos, pos >= 0, u.view(1, 1, b))
+            nbr = torch.where(valid, nbr, 0)  # empty slots gather row 0; they are masked below
             invalid = ~valid
             if attention:
                 row_ids = torch.arange(b, device=u.device)

@@ -264,11 +264,14 @@ def run_recbole(
         if not checkpoint_path:
             raise TimeplugError("`test_only: True` needs `checkpoint_path`: the checkpoint file to evaluate.")
         # evaluate the payload build_config read: the file is read once
-        valid_result = trainer.evaluate(valid_data, model_file=checkpoint_path, show_progress=show_progress,
-                                        checkpoint=payload)
-        trainer.keep_per_user = per_user
-        test_result = trainer.evaluate(test_data, model_file=checkpoint_path, show_progress=show_progress,
-                                       checkpoint=payload)
+        try:
+            valid_result = trainer.evaluate(valid_data, model_file=checkpoint_path, show_progress=show_progress,
+                                            checkpoint=payload)
+            trainer.keep_per_user = per_user
+            test_result = trainer.evaluate(test_data, model_file=checkpoint_path, show_progress=show_progress,
+                                           checkpoint=payload)
+        finally:
+            trainer.release_checkpoint_name()  # nothing is saved: no empty <model>-<time>.pth left behind
         best_valid_score = None
         if valid_result:
             from recbole.utils import calculate_valid_score

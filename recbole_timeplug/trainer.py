@@ -257,6 +257,12 @@ class CheckpointMixin:
             else:
                 model.__dict__["calculate_loss"] = own
 
+    def release_checkpoint_name(self):
+        """Remove the empty placeholder of the reserved best-checkpoint name if this trainer never wrote it
+        (training with ``saved=False``, or a ``test_only`` evaluation)."""
+        if self.is_main and not self._wrote_best:
+            _remove_placeholder(self.saved_model_file)
+
     def fit(self, train_data, valid_data=None, verbose=True, saved=True, show_progress=False, callback_fn=None):
         self._train_data = train_data
         self._saved = saved
@@ -272,8 +278,8 @@ class CheckpointMixin:
             show_progress=show_progress,
             callback_fn=callback_fn,
         )
-        if not saved and self.is_main and not self._wrote_best:
-            _remove_placeholder(self.saved_model_file)
+        if not saved:
+            self.release_checkpoint_name()
         if self._last_trained_epoch is not None:
             self._save_last_checkpoint(self._last_trained_epoch)
             if saved and verbose:

@@ -38,3 +38,6 @@ def test_train_save_reevaluate_and_load_weights_only(model, data_path, tmp_path)
                                      "state": "ERROR", "show_progress": False})
     assert again["test_result"] == trained["test_result"]
     assert again["best_valid_result"] == trained["best_valid_result"]
+    # evaluating reserved a checkpoint name it never wrote: its empty placeholder is gone again
+    saved = tmp_path / "saved"
+    assert sorted(saved.glob("*.pth")) and not [f.name for f in saved.glob("*.pth") if f.stat().st_size == 0]

@@ -24,6 +24,7 @@ SMALL = {  # ARERec small enough for a 2-core CPU
     "region_size": 3,
     "n_heads": 2,
     "max_neighbors": 6,
+    "neighbor_window": "earliest",  # the official window, whose factored paths most tests check; `recent` has its own
     "MAX_ITEM_LIST_LENGTH": 10,
     "user_history": False,  # the item side alone (the official model); the user side has its own tests
     "train_batch_size": 64,

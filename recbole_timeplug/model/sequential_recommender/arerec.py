@@ -44,7 +44,8 @@ How this differs from the official code, and why (``docs/models.md`` §5.3-§5.5
   strictly before t* (``time_ref: target`` = the prediction's time, or ``last_history``), without u.
 * The official max-pool lets padding zeros win the max (``masked_max: False`` restores it); cold
   candidates (no neighbour before t*) would all tie at b_o, so ``cold_item_bias`` adds a learned per-item
-  bias b_j to every score.  ``neighbor_window: recent`` is an option next to the official ``earliest``.
+  bias b_j to every score.  ``neighbor_window: recent`` (default; the last M users of j before t*) ranks
+  better than the official ``earliest`` (j's first M training users) on ml-100k (README, issue 13).
 * Split, model selection and metrics follow RecBole (temporal leave-one-out, selection on valid).
 * ``user_history`` adds the user-side region embedding the paper describes and the official code lacks
   (steps 6-7).  Its form is ours: the LCUs belong to the history items (not to positions of one user's

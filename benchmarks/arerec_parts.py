@@ -32,7 +32,6 @@ def main(argv=None):
 
     from recbole_timeplug.quick_start import load_data_and_model
     from recbole_timeplug.registry import get_trainer
-    from recbole_timeplug.trainer import _remove_placeholder as remove_placeholder
 
     config, model, _, _, valid_data, test_data = load_data_and_model(args.checkpoint)
     if config["model"] != "ARERec":
@@ -76,7 +75,7 @@ def main(argv=None):
                     scores[split] = trainer.evaluate(data, load_best_model=False, show_progress=False)[metric]
             print(f"  {name:22s} valid {scores['valid']:.4f}  test {scores['test']:.4f}", flush=True)
     finally:
-        remove_placeholder(trainer.saved_model_file)  # the checkpoint name the trainer reserved, never written
+        trainer.release_checkpoint_name()  # the checkpoint name the trainer reserved and never wrote
 
 
 if __name__ == "__main__":

@@ -232,6 +232,36 @@ def test_recent_window_full_sort_equals_the_literal_formulation(small, overrides
     assert (recent > 0).any() and not torch.equal(recent, earliest)
 
 
+@pytest.mark.parametrize("table_floats, row_chunk", [(1, 3), (200, 5)], ids=["one-item-blocks", "cut-blocks"])
+def test_recent_window_full_sort_with_small_tables_and_row_chunks(small, table_floats, row_chunk):
+    """``_full_sort_recent`` cuts item blocks to ``recent_table_floats`` floats of its (LCU, position) table and
+    rows to ``recent_row_chunk``: blocks of one item (every block cut) and of a few items must still give the literal
+    scores, and the cut must really happen on this data."""
+    model = _model(small, neighbor_window="recent", max_neighbors=None, eval_item_chunk=7).eval()
+    model.recent_table_floats, model.recent_row_chunk = table_floats, row_chunk
+    batch = next(iter(small["test"]))[0]
+    u, t = batch["user_id"], model.query_time(batch)
+    items = torch.arange(model.n_items).expand(u.shape[0], -1)
+    index = model.neighbor_index
+    blocks = []  # (items, rows) of every block full ranking visits
+    edge_users = index.edge_users
+
+    def recording(start, pos, valid, query_users):
+        blocks.append(tuple(pos.shape[1:]))  # pos [W, C, b]
+        return edge_users(start, pos, valid, query_users)
+
+    with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(index, "edge_users", recording)
+        fast = model.full_sort_predict(batch)
+    with torch.no_grad():
+        literal = model._score_reference(u, items, t)
+    torch.testing.assert_close(fast, literal)
+    assert fast.std() > 1e-3
+    item_counts = {c for c, _ in blocks}
+    assert max(b for _, b in blocks) == row_chunk < u.shape[0]
+    assert max(item_counts) == 1 if table_floats == 1 else 1 < max(item_counts) < 7  # 7 = eval_item_chunk
+
+
 def test_official_max_with_negative_ratings_keeps_the_padding_zero_in_narrow_blocks(small):
     """masked_max False: an item with fewer LCUs than W has padding slots, whose zero wins the max when every
     neighbour rating is negative; full ranking cuts such items' blocks narrower and must keep that zero."""

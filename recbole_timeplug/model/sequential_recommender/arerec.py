@@ -66,8 +66,9 @@ table gather per (item, slot) plus the per-row attention weights (``_full_sort_f
 by their number of LCUs, so a block is no wider than its widest item).  The user side of full ranking
 computes each item's candidate profiles K_C[h] E_I^T once per call and pools gathered rows of that table
 (``_history_full_sort``).  The ``recent``
-window has no fixed user per LCU: training uses the literal path; full ranking keeps the per-LCU item side and
-multiplies each (slot, item) unit by the rows' attended neighbour vectors (``_full_sort_recent``).
+window has no fixed user per LCU: training uses the literal path; full ranking precomputes, per block of
+candidates, the neighbour rating of every (LCU, position in the item's history) pair without its attention weight,
+so a (row, item, slot) only gathers H r-vectors and weights them (``_full_sort_recent``).
 
 Optimizer.  The two LCU tables hold almost all parameters, and Adam over dense gradients updates every row
 every step; ``adam_variant`` (``build_optimizer``, used by ``ARERecTrainer`` with ``learner: adam``) picks
@@ -113,6 +114,10 @@ class ARERec(SequentialRecommender):
     needs_fields = ("TIME_FIELD",)
     # full ranking's user side: floats per block of the candidate-profile table T (``_history_full_sort``)
     history_table_floats = 1 << 24
+    # full ranking with the `recent` window (``_full_sort_recent``): the most floats of its (LCU, position) table T
+    # per item block, and the most rows per block
+    recent_table_floats = 1 << 22
+    recent_row_chunk = 64
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -637,51 +642,97 @@ class ARERec(SequentialRecommender):
     def _full_sort_recent(self, user, query_time, scores, row_step, item_step):
         """Fills ``scores`` [B, n_items] (``recent`` window, eval mode); equal to ``forward`` on every item.
 
-        With the ``recent`` window slot m of item j is still LCU 1 + lcu_ptr[j] + m for every row, but its user
-        is the (c - 1 - m)-th of j's training users, c = c(j, t*): it changes with the row, so the per-LCU
-        products of ``_full_sort_fast`` do not exist.  What stays per LCU is the item side
-        Q[l] = K_UI[l] E_I[j] and the bias part c[l] * Q[l]; the neighbour side is linear in the attended
-        neighbour vector y_m = sum_h a_{m,h} W_o^(h) v_h(n_m) (``z`` below, for all users once per call):
-        s_m = (diag(Q[l]) K_IU[l]) y_m + c[l] * Q[l], one [b, d] x [d, r] product per (slot, item) of a block
-        instead of gathering an r x d LCU pair per (row, item, slot).  Items are visited by their number of
-        LCUs as in ``_full_sort_fast``; row blocks are capped at 64 rows (the [W, C, b, d] neighbour vectors)."""
+        With the ``recent`` window slot m of item j is still LCU l = 1 + lcu_ptr[j] + m for every row, but its
+        user is the edge at position p = c - 1 - m of j's time-ordered training history, c = c(j, t*): it changes
+        with the row, so the per-LCU products of ``_full_sort_fast`` do not exist.  What does exist is a product
+        per (LCU, position): with y_h(e) = W_o^(h) v_h(user of edge e) and Q[l] = K_UI[l] E_I[j],
+
+            s_m = sum_h a_{m,h} T_h[l, p] + c[l] * Q[l],     T_h[l, p] = diag(Q[l]) K_IU[l] y_h(item_ptr[j] + p),
+
+        and T holds every pair (slot m < min(n_j, M), position p < n_j) of an item: one [W r, d] x [d, P] product
+        per item and head (``sum_j min(n_j, M) n_j H r d`` multiply-adds per call, independent of the rows).  Each
+        (row, item, slot) then gathers H r-vectors and weights them by its attention (as ``_full_sort_fast`` does
+        with its per-LCU tables), instead of building a d-dim attended vector and an r x d product per triple.
+        Items are visited sorted by n_j, so a block is only as wide (W) and as long (P) as its last item; blocks
+        are cut to at most ``recent_table_floats`` floats of T, T is computed once per block for all rows, and rows
+        go in chunks of at most ``recent_row_chunk`` (both bound the memory of a block)."""
         index = self.neighbor_index
-        d, r, H = self.embedding_size, self.region_size, self.n_heads
+        d, r = self.embedding_size, self.region_size
         k_iu = self.lcu_item_user.weight.view(-1, r, d)
         Q = torch.einsum("srd,sd->sr", self.lcu_user_item.weight.view(-1, r, d), self.item_embedding(index.lcu_item))
         attention = self.use_attention
         if attention:
+            H = self.n_heads
             dh = d // H
             v_all = self.w_v(self.user_embedding.weight).view(self.n_users, H, dh)
-            z = torch.einsum("ohk,uhk->huo", self.w_o.weight.view(d, H, dh), v_all).contiguous()  # [H, U, d]
+            y = torch.einsum("ohk,uhk->huo", self.w_o.weight.view(d, H, dh), v_all).contiguous()  # [H, U, d]
             R0 = torch.einsum("srd,d->sr", k_iu, self.w_o.bias) * Q  # c[l] * Q[l], [S, r]
+            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
         else:
-            z = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
-        for rows, u, t, table, items, slot, lcu, count in self._full_sort_blocks(
-                user, query_time, scores.shape[1], min(row_step, 64), item_step):
-            C, b = items.shape[0], u.shape[0]
-            pos = count.unsqueeze(0) - 1 - slot.unsqueeze(-1)  # [W, C, b]: slot 0 = the most recent user before t*
-            # (p >= 0 with p < c <= n_j and p < W <= M imply p < min(n_j, M))
-            nbr, _, valid = index.edge_users(index.item_ptr[items].view(1, C, 1), pos, pos >= 0, u.view(1, 1, b))
-            nbr = torch.where(valid, nbr, 0)  # empty slots gather row 0; they are masked below
-            invalid = ~valid
+            y = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
+        n_heads = y.shape[0]
+        B, N = user.shape[0], scores.shape[1]
+        chunks = []  # per chunk of rows: (rows, users, query times, scaled query-key logits [H, U b] or None)
+        row_step = min(row_step, self.recent_row_chunk)
+        for r0 in range(0, B, row_step):
+            rows = slice(r0, min(r0 + row_step, B))
+            u, t = user[rows], query_time[rows]
+            table = None
             if attention:
-                row_ids = torch.arange(b, device=u.device)
-                a = torch.softmax(table[:, nbr, row_ids].masked_fill_(invalid, -1e9), dim=1)  # [H, W, C, b]
-                y = a[0].unsqueeze(-1) * z[0][nbr]  # attended neighbour vectors [W, C, b, d]
-                for h in range(1, H):
-                    y.addcmul_(a[h].unsqueeze(-1), z[h][nbr])
-            else:
-                y = z[0][nbr]
-            K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [W, C, r, d]
-            s = torch.matmul(y, K.transpose(-1, -2))  # [W, C, b, r]
-            if attention:
-                s += R0[lcu].unsqueeze(2)
-            s = s.permute(0, 3, 1, 2)  # [W, r, C, b], the layout of _max_pool_slots
-            if self.masked_max:
-                s.masked_fill_(invalid.unsqueeze(1), float("-inf"))
-            v = self._max_pool_slots(s, invalid, pad=slot.shape[0] < index.width)  # [r, C, b]
-            scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
+                q = self.w_q(self.user_embedding(u)).view(-1, H, dh)
+                table = (torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)).reshape(H, -1)  # [H, U b]
+            chunks.append((rows, u, t, table))
+        n_edges = index.item_ptr[1:] - index.item_ptr[:-1]  # n_j
+        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M)
+        order = torch.argsort(n_edges, stable=True)  # sorted by n_j, hence also by min(n_j, M)
+        lengths = n_edges[order].tolist()
+        widths = n_lcu[order].tolist()
+        c0 = 0
+        while c0 < N:
+            c1 = min(c0 + item_step, N)
+            W, P = max(widths[c1 - 1], 1), max(lengths[c1 - 1], 1)  # the block's last item is its widest/longest
+            c1 = min(c1, c0 + max(1, self.recent_table_floats // (n_heads * W * r * P)))
+            items = order[c0:c1]
+            C = items.shape[0]
+            c0 = c1
+            slot = torch.arange(W, device=user.device)
+            lcu = torch.where(slot < n_lcu[items].unsqueeze(-1), 1 + index.lcu_ptr[items].unsqueeze(-1) + slot, 0)
+            start = index.item_ptr[items]  # [C]
+            edge = (start.unsqueeze(-1) + torch.arange(P, device=user.device)).clamp(max=max(index.num_edges - 1, 0))
+            K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [C, W, r, d]
+            edge_user = index.nbr_user[edge] if index.num_edges else torch.zeros_like(edge)  # [C, P]; past n_j: unused
+            T = torch.einsum("cwkd,hcpd->cwphk", K, y[:, edge_user]).reshape(C * W * P, n_heads * r)
+            # re-indexed by c - 1 (the latest position before t*) instead of the position p = c - 1 - m:
+            # T2[j, c - 1] = [T[j, m, c - 1 - m] for m < W] (m > c - 1: an empty slot, masked below), so a row needs
+            # one contiguous [W, H, r] row per item
+            last = torch.arange(P, device=user.device).view(1, P, 1)
+            diag = ((torch.arange(C, device=user.device).view(C, 1, 1) * W + slot) * P + (last - slot).clamp(min=0))
+            T = T.index_select(0, diag.view(-1)).view(C * P, W * n_heads * r)
+            bias = R0[lcu].permute(1, 2, 0).unsqueeze(-1) if attention else None  # [W, r, C, 1]
+            for rows, u, t, table in chunks:
+                b = u.shape[0]
+                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
+                pos = count - 1 - slot.view(W, 1, 1)  # [W, C, b]: slot 0 = the latest user before t*
+                # (p >= 0 with p < c <= n_j and m < W <= min(n_j, M) for such items: a real slot)
+                nbr, _, valid = index.edge_users(start.view(1, C, 1), pos, pos >= 0, u.view(1, 1, b))
+                invalid = ~valid
+                # one contiguous row of T per (item, row), then laid out [W, H, r, C, b] like _full_sort_fast's
+                # ratings: the max-pool over slots is then an elementwise maximum of contiguous planes
+                at = torch.arange(C, device=u.device).view(C, 1) * P + (count - 1).clamp(min=0)  # [C, b]
+                G = T.index_select(0, at.reshape(-1)).view(C, b, -1).permute(2, 0, 1).reshape(W, n_heads, r, C, b)
+                if attention:  # nbr is a real user id everywhere (edges are clamped); empty slots are masked
+                    flat = (nbr * b + torch.arange(b, device=u.device)).reshape(-1)  # rows of the [U, b] logits
+                    logits = table.index_select(1, flat).view(H, W, C, b).masked_fill_(invalid, -1e9)
+                    a = torch.softmax(logits, dim=1).unsqueeze(2)  # [H, W, 1, C, b]
+                    s = torch.addcmul(bias, G[:, 0], a[0])  # c[l] Q[l] + sum_h a_h T_h, [W, r, C, b]
+                    for h in range(1, H):
+                        s.addcmul_(G[:, h], a[h])
+                else:
+                    s = G[:, 0]  # [W, r, C, b]
+                if self.masked_max:
+                    s.masked_fill_(invalid.unsqueeze(1), float("-inf"))
+                v = self._max_pool_slots(s, invalid, pad=W < index.width)  # [r, C, b]
+                scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
 
     def _max_pool_slots(self, s, invalid, pad):
         """Step 4 over the first (slot) axis of s [W, r, C, B] -> [r, C, B]; with ``masked_max`` the empty slots

@@ -719,7 +719,7 @@ class ARERec(SequentialRecommender):
                 # one contiguous row of T per (item, row), then laid out [W, H, r, C, b] like _full_sort_fast's
                 # ratings: the max-pool over slots is then an elementwise maximum of contiguous planes
                 at = torch.arange(C, device=u.device).view(C, 1) * P + (count - 1).clamp(min=0)  # [C, b]
-                G = T.index_select(0, at.reshape(-1)).view(C, b, -1).permute(2, 0, 1).reshape(W, n_heads, r, C, b)
+                G = T.index_select(0, at.reshape(-1)).t().contiguous().view(W, n_heads, r, C, b)  # rows (c, b) -> columns
                 if attention:  # nbr is a real user id everywhere (edges are clamped); empty slots are masked
                     flat = (nbr * b + torch.arange(b, device=u.device)).reshape(-1)  # rows of the [U, b] logits
                     logits = table.index_select(1, flat).view(H, W, C, b).masked_fill_(invalid, -1e9)

@@ -552,40 +552,51 @@ class ARERec(SequentialRecommender):
             return P * Q.unsqueeze(1), c * Q
         return P * Q, None
 
-    def _full_sort_blocks(self, user, query_time, n_items, row_step, item_step):
-        """The blocks both full-ranking paths visit: ``(rows, u, t, table, items, slot, lcu, count)``.
-
-        Items are sorted by their number of LCUs min(n_j, M), so a block of ``item_step`` items is only as wide
-        as its widest item, W (slots p >= min(n_j, M) never hold a neighbour); per chunk of ``row_step`` rows
-        ``table`` [H, U, b] holds the scaled query-key logits of the rows' users against every user (``None``
-        without attention).  ``slot`` [W, 1] = 0..W-1, ``lcu`` [W, C] = the block's LCU ids 1 + lcu_ptr[j] + p
-        (0 where p >= min(n_j, M)), ``count`` [C, b] = c(j, t*) of every (item, row)."""
-        index = self.neighbor_index
+    def _row_chunks(self, user, query_time, row_step):
+        """The chunks of at most ``row_step`` rows both full-ranking paths visit: ``[(rows, u, t, table)]``, with
+        ``table`` [H, U, b] the scaled query-key logits of the chunk's users against every user (``None`` without
+        attention), computed once per call."""
+        chunks = []
         if self.use_attention:
             H = self.n_heads
             dh = self.embedding_size // H
             keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
-        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M) per item
-        order = torch.argsort(n_lcu, stable=True)
-        widths = n_lcu[order].tolist()
-        slot_all = torch.arange(index.width, device=user.device)
         for r0 in range(0, user.shape[0], row_step):
             rows = slice(r0, min(r0 + row_step, user.shape[0]))
             u, t = user[rows], query_time[rows]
-            b = u.shape[0]
             table = None
             if self.use_attention:
-                q = self.w_q(self.user_embedding(u)).view(b, H, dh)
+                q = self.w_q(self.user_embedding(u)).view(-1, H, dh)
                 table = (torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)).contiguous()  # [H, U, b]
-            for c0 in range(0, n_items, item_step):
-                c1 = min(c0 + item_step, n_items)
-                items = order[c0:c1]
-                slot = slot_all[: max(widths[c1 - 1], 1)].view(-1, 1)  # sorted: the last item is the widest
-                start = index.lcu_ptr[items].unsqueeze(0)
-                exists = slot < n_lcu[items].unsqueeze(0)  # p < min(n_j, M)
-                lcu = torch.where(exists, 1 + start + slot, torch.zeros_like(start))  # [W, C]
-                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
-                yield rows, u, t, table, items, slot, lcu, count
+            chunks.append((rows, u, t, table))
+        return chunks
+
+    def _item_blocks(self, n_items, item_step, floats_per_slot_and_edge=0, max_floats=0):
+        """The candidate blocks both full-ranking paths visit: ``(items, slot, lcu, P)``.
+
+        Items are sorted by their training history length n_j (so also by their number of LCUs min(n_j, M)), so a
+        block of ``item_step`` items is only as wide (W = its last item's min(n_j, M); slots p >= min(n_j, M) never
+        hold a neighbour) and as long (P = its last item's n_j) as its last item.  With ``floats_per_slot_and_edge``
+        a block is also cut to at most ``max_floats`` floats of a per-(slot, edge) table (``_full_sort_recent``).
+        ``slot`` [W] = 0..W-1, ``lcu`` [C, W] = the block's LCU ids 1 + lcu_ptr[j] + p (0 where p >= min(n_j, M))."""
+        index = self.neighbor_index
+        n_edges = index.item_ptr[1:] - index.item_ptr[:-1]  # n_j
+        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M)
+        order = torch.argsort(n_edges, stable=True)
+        lengths, widths = n_edges[order].tolist(), n_lcu[order].tolist()
+        slot_all = torch.arange(index.width, device=order.device)
+        c0 = 0
+        while c0 < n_items:
+            c1 = min(c0 + item_step, n_items)
+            W, P = max(widths[c1 - 1], 1), max(lengths[c1 - 1], 1)  # the block's last item is its widest/longest
+            if floats_per_slot_and_edge:
+                c1 = min(c1, c0 + max(1, max_floats // (floats_per_slot_and_edge * W * P)))
+            items = order[c0:c1]
+            c0 = c1
+            slot = slot_all[:W]
+            exists = slot < n_lcu[items].unsqueeze(-1)  # p < min(n_j, M)
+            lcu = torch.where(exists, 1 + index.lcu_ptr[items].unsqueeze(-1) + slot, 0)  # [C, W]
+            yield items, slot, lcu, P
 
     def _full_sort_fast(self, user, query_time, scores, row_step, item_step):
         """Fills ``scores`` [B, n_items] (earliest window, eval mode); equal to ``forward`` on every item.
@@ -595,8 +606,9 @@ class ARERec(SequentialRecommender):
         p < c(j, t*), the self-exclusion and the attention weights depend on the row.  Work is cut by:
 
         * the per-LCU tables (``_rating_tables``), the keys of all users and, per row chunk, the query-user
-          logit table [H, B, U] are computed once, not per item block;
-        * items are visited sorted by their number of LCUs (``_full_sort_blocks``), so a block is only as wide
+          logit table [H, U, B] are computed once per call (``_row_chunks``), a block's gathered tables once
+          for all rows;
+        * items are visited sorted by their number of LCUs (``_item_blocks``), so a block is only as wide
           as its widest item (with ``masked_max: False`` a padding slot cut off takes part in the max with 0,
           which a clamp at 0 restores);
         * the neighbour ratings are laid out [W, r, C, B] (slot first, row last): the max-pool over slots is then
@@ -613,31 +625,36 @@ class ARERec(SequentialRecommender):
         else:
             RT = R.t().contiguous()  # [r, S]
         r = self.region_size
-        for rows, u, t, table, items, slot, lcu, count in self._full_sort_blocks(
-                user, query_time, scores.shape[1], row_step, item_step):
-            W, C, b = slot.shape[0], items.shape[0], u.shape[0]
+        chunks = self._row_chunks(user, query_time, row_step)
+        for items, slot, lcu, _ in self._item_blocks(scores.shape[1], item_step):
+            lcu = lcu.t()  # [W, C]
+            W, C = lcu.shape
             nbr = index.lcu_user[lcu]  # [W, C]
-            valid = slot.unsqueeze(-1) < count  # [W, C, b]: p < c(j, t*) (c <= n_j, p < W <= M imply exists)
-            if index.exclude_self:
-                valid = valid & (nbr.unsqueeze(-1) != u.view(1, 1, b))
-            invalid = ~valid
-            # neighbour ratings s [W, r, C, b]; masked_max: empty slots start at -inf (a finite rating added
-            # to -inf stays -inf), official max: they are set to exact zeros once s is complete
-            base = (R0T if attention else RT)[:, lcu].permute(1, 0, 2).unsqueeze(-1)  # [W, r, C, 1], all rows
-            s = torch.empty(W, r, C, b, device=base.device)
-            if self.masked_max:
-                neg = torch.zeros(W, 1, C, b, device=base.device).masked_fill_(invalid.unsqueeze(1), float("-inf"))
-                torch.add(base, neg, out=s)
-            else:
-                s.copy_(base.expand(W, r, C, b))
-            if attention:
-                logits = torch.index_select(table, 1, nbr.flatten()).view(H, W, C, b)
-                a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=1)
-                R_blk = RT[:, :, lcu].permute(0, 2, 1, 3).unsqueeze(-1)  # [H, W, r, C, 1], shared by all rows
-                for h in range(H):  # H is small: in-place multiply-adds beat a batched matmul of H x r blocks
-                    s.addcmul_(a[h].unsqueeze(1), R_blk[h])
-            v = self._max_pool_slots(s, invalid, pad=W < index.width)  # [r, C, b]
-            scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
+            # neighbour ratings without the attention, shared by all rows: base [W, r, C, 1], R_blk [H, W, r, C, 1]
+            base = (R0T if attention else RT)[:, lcu].permute(1, 0, 2).unsqueeze(-1)
+            R_blk = RT[:, :, lcu].permute(0, 2, 1, 3).unsqueeze(-1) if attention else None
+            for rows, u, t, table in chunks:
+                b = u.shape[0]
+                count = index.count_before(items.unsqueeze(0).expand(b, -1), t).t()  # [C, b]
+                valid = slot.view(W, 1, 1) < count  # [W, C, b]: p < c(j, t*) (c <= n_j, p < W <= M imply exists)
+                if index.exclude_self:
+                    valid = valid & (nbr.unsqueeze(-1) != u.view(1, 1, b))
+                invalid = ~valid
+                # neighbour ratings s [W, r, C, b]; masked_max: empty slots start at -inf (a finite rating added
+                # to -inf stays -inf), official max: they are set to exact zeros once s is complete
+                s = torch.empty(W, r, C, b, device=base.device)
+                if self.masked_max:
+                    neg = torch.zeros(W, 1, C, b, device=base.device).masked_fill_(invalid.unsqueeze(1), float("-inf"))
+                    torch.add(base, neg, out=s)
+                else:
+                    s.copy_(base.expand(W, r, C, b))
+                if attention:
+                    logits = torch.index_select(table, 1, nbr.flatten()).view(H, W, C, b)
+                    a = torch.softmax(logits.masked_fill_(invalid, -1e9), dim=1)
+                    for h in range(H):  # H is small: in-place multiply-adds beat a batched matmul of H x r blocks
+                        s.addcmul_(a[h].unsqueeze(1), R_blk[h])
+                v = self._max_pool_slots(s, invalid, pad=W < index.width)  # [r, C, b]
+                scores[rows, items] = self._score_head(v.permute(2, 1, 0), items.unsqueeze(0))
 
     def _full_sort_recent(self, user, query_time, scores, row_step, item_step):
         """Fills ``scores`` [B, n_items] (``recent`` window, eval mode); equal to ``forward`` on every item.
@@ -667,36 +684,12 @@ class ARERec(SequentialRecommender):
             v_all = self.w_v(self.user_embedding.weight).view(self.n_users, H, dh)
             y = torch.einsum("ohk,uhk->huo", self.w_o.weight.view(d, H, dh), v_all).contiguous()  # [H, U, d]
             R0 = torch.einsum("srd,d->sr", k_iu, self.w_o.bias) * Q  # c[l] * Q[l], [S, r]
-            keys_all = self.w_k(self.user_embedding.weight).view(self.n_users, H, dh)
         else:
             y = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
         n_heads = y.shape[0]
-        B, N = user.shape[0], scores.shape[1]
-        chunks = []  # per chunk of rows: (rows, users, query times, scaled query-key logits [H, U b] or None)
-        row_step = min(row_step, self.recent_row_chunk)
-        for r0 in range(0, B, row_step):
-            rows = slice(r0, min(r0 + row_step, B))
-            u, t = user[rows], query_time[rows]
-            table = None
-            if attention:
-                q = self.w_q(self.user_embedding(u)).view(-1, H, dh)
-                table = (torch.einsum("bhk,uhk->hub", q, keys_all) / math.sqrt(dh)).reshape(H, -1)  # [H, U b]
-            chunks.append((rows, u, t, table))
-        n_edges = index.item_ptr[1:] - index.item_ptr[:-1]  # n_j
-        n_lcu = index.lcu_ptr[1:] - index.lcu_ptr[:-1]  # min(n_j, M)
-        order = torch.argsort(n_edges, stable=True)  # sorted by n_j, hence also by min(n_j, M)
-        lengths = n_edges[order].tolist()
-        widths = n_lcu[order].tolist()
-        c0 = 0
-        while c0 < N:
-            c1 = min(c0 + item_step, N)
-            W, P = max(widths[c1 - 1], 1), max(lengths[c1 - 1], 1)  # the block's last item is its widest/longest
-            c1 = min(c1, c0 + max(1, self.recent_table_floats // (n_heads * W * r * P)))
-            items = order[c0:c1]
-            C = items.shape[0]
-            c0 = c1
-            slot = torch.arange(W, device=user.device)
-            lcu = torch.where(slot < n_lcu[items].unsqueeze(-1), 1 + index.lcu_ptr[items].unsqueeze(-1) + slot, 0)
+        chunks = self._row_chunks(user, query_time, min(row_step, self.recent_row_chunk))
+        for items, slot, lcu, P in self._item_blocks(scores.shape[1], item_step, n_heads * r, self.recent_table_floats):
+            C, W = lcu.shape
             start = index.item_ptr[items]  # [C]
             edge = (start.unsqueeze(-1) + torch.arange(P, device=user.device)).clamp(max=max(index.num_edges - 1, 0))
             K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [C, W, r, d]
@@ -721,8 +714,8 @@ class ARERec(SequentialRecommender):
                 at = torch.arange(C, device=u.device).view(C, 1) * P + (count - 1).clamp(min=0)  # [C, b]
                 G = T.index_select(0, at.reshape(-1)).t().contiguous().view(W, n_heads, r, C, b)  # rows (c, b) -> columns
                 if attention:  # nbr is a real user id everywhere (edges are clamped); empty slots are masked
-                    flat = (nbr * b + torch.arange(b, device=u.device)).reshape(-1)  # rows of the [U, b] logits
-                    logits = table.index_select(1, flat).view(H, W, C, b).masked_fill_(invalid, -1e9)
+                    flat = (nbr * b + torch.arange(b, device=u.device)).reshape(-1)  # rows of the [U b] logits
+                    logits = table.view(H, -1).index_select(1, flat).view(H, W, C, b).masked_fill_(invalid, -1e9)
                     a = torch.softmax(logits, dim=1).unsqueeze(2)  # [H, W, 1, C, b]
                     s = torch.addcmul(bias, G[:, 0], a[0])  # c[l] Q[l] + sum_h a_h T_h, [W, r, C, b]
                     for h in range(1, H):

@@ -694,13 +694,15 @@ class ARERec(SequentialRecommender):
             edge = (start.unsqueeze(-1) + torch.arange(P, device=user.device)).clamp(max=max(index.num_edges - 1, 0))
             K = k_iu[lcu] * Q[lcu].unsqueeze(-1)  # diag(Q[l]) K_IU[l], [C, W, r, d]
             edge_user = index.nbr_user[edge] if index.num_edges else torch.zeros_like(edge)  # [C, P]; past n_j: unused
-            T = torch.einsum("cwkd,hcpd->cwphk", K, y[:, edge_user]).reshape(C * W * P, n_heads * r)
-            # re-indexed by c - 1 (the latest position before t*) instead of the position p = c - 1 - m:
-            # T2[j, c - 1] = [T[j, m, c - 1 - m] for m < W] (m > c - 1: an empty slot, masked below), so a row needs
-            # one contiguous [W, H, r] row per item
-            last = torch.arange(P, device=user.device).view(1, P, 1)
-            diag = ((torch.arange(C, device=user.device).view(C, 1, 1) * W + slot) * P + (last - slot).clamp(min=0))
-            T = T.index_select(0, diag.view(-1)).view(C * P, W * n_heads * r)
+            U = torch.einsum("cwkd,hcpd->whkcp", K, y[:, edge_user])  # [W, H, r, C, P]: T by (slot, position p)
+            # re-indexed by c - 1 (the latest position before t*) instead of p = c - 1 - m: slot m's plane shifted
+            # right by m, T[m, ..., j, c - 1] = U[m, ..., j, c - 1 - m] (c - 1 < m: an empty slot, masked below).
+            # Rows x columns = (slot, head, k) x (item, c - 1), so a chunk's gather of one column per (item, row)
+            # is already laid out [W, H, r, C, b], like _full_sort_fast's ratings (no transpose per chunk)
+            T = U.new_zeros(W, n_heads, r, C, P)
+            for m in range(min(W, P)):
+                T[m, ..., m:] = U[m, ..., : P - m]
+            T, U = T.view(W * n_heads * r, C * P), None  # (U freed: the table budget bounds one table, not two)
             bias = R0[lcu].permute(1, 2, 0).unsqueeze(-1) if attention else None  # [W, r, C, 1]
             for rows, u, t, table in chunks:
                 b = u.shape[0]
@@ -709,10 +711,10 @@ class ARERec(SequentialRecommender):
                 # (p >= 0 with p < c <= n_j and m < W <= min(n_j, M) for such items: a real slot)
                 nbr, _, valid = index.edge_users(start.view(1, C, 1), pos, pos >= 0, u.view(1, 1, b))
                 invalid = ~valid
-                # one contiguous row of T per (item, row), then laid out [W, H, r, C, b] like _full_sort_fast's
-                # ratings: the max-pool over slots is then an elementwise maximum of contiguous planes
+                # one column of T per (item, row), at its latest position before t*: G [W, H, r, C, b], laid out like
+                # _full_sort_fast's ratings, so the max-pool over slots is an elementwise maximum of contiguous planes
                 at = torch.arange(C, device=u.device).view(C, 1) * P + (count - 1).clamp(min=0)  # [C, b]
-                G = T.index_select(0, at.reshape(-1)).t().contiguous().view(W, n_heads, r, C, b)  # rows (c, b) -> columns
+                G = T.index_select(1, at.reshape(-1)).view(W, n_heads, r, C, b)
                 if attention:  # nbr is a real user id everywhere (edges are clamped); empty slots are masked
                     flat = (nbr * b + torch.arange(b, device=u.device)).reshape(-1)  # rows of the [U b] logits
                     logits = table.view(H, -1).index_select(1, flat).view(H, W, C, b).masked_fill_(invalid, -1e9)

@@ -69,6 +69,7 @@ def _config(**overrides):
         "is_kai_ming_init": True,
         "conv_activation": "hardswish",
         "time_mask_padding": False,
+        "time_transform": "raw",
         "ssd_backend": "auto",
     }
     cfg.update(overrides)
@@ -123,6 +124,8 @@ def _reference_encode(model, seq, lengths, times):
         gaps[:, 1:] = t[:, 1:] - t[:, :-1]
         if masked:
             gaps = gaps * valid
+        if model.time_transform == "log":
+            gaps = torch.where(gaps >= 0, torch.log(1 + gaps), -torch.log(1 - gaps))
         tau = ln(gaps, sd["time_norm.weight"], sd["time_norm.bias"], eps, valid if masked else None)
         T = tau[:, None, :].repeat(1, H, 1)
     for i in range(model.num_layers):
@@ -231,8 +234,10 @@ def test_scan_is_causal():
         {},  # official defaults: time-aware
         {"p2p_residual": True, "conv_activation": "silu", "num_layers": 1, "is_ffn": False},
         {"time_mask_padding": True},
+        {"time_transform": "log"},  # the boundary gap -t_n stays in, log-scaled and negative
+        {"time_transform": "log", "time_mask_padding": True},
     ],
-    ids=["ssd_only", "time", "p2p_silu_1layer", "masked"],
+    ids=["ssd_only", "time", "p2p_silu_1layer", "masked", "log_gaps", "log_gaps_masked"],
 )
 def test_model_matches_functional_reference(overrides):
     model = _model(**overrides).double().eval()
@@ -242,6 +247,25 @@ def test_model_matches_functional_reference(overrides):
     assert (got - expected).abs().max().item() <= 1e-9
     if not model.is_time:
         assert not any("time" in name for name, _ in model.named_parameters())
+
+
+def test_log_time_transform_hand_computed():
+    """time_transform: log -> T0 = LN over L of sign(gap) log(1 + |gap|), boundary gap included (fresh LN: w 1, b 0)."""
+    model = _model(time_transform="log").double().eval()
+    L = model.max_seq_length
+    t0, t1 = 1000.0, 1000.0 + (math.e - 1)
+    t2 = t1 + (math.e**2 - 1)
+    times = torch.zeros(1, L, dtype=torch.float64)
+    times[0, :3] = torch.tensor([t0, t1, t2], dtype=torch.float64)
+    gaps = [0.0, 1.0, 2.0, -math.log(1 + t2)] + [0.0] * (L - 4)  # by hand: log(e) = 1, log(e^2) = 2
+    mean = sum(gaps) / L
+    var = sum((g - mean) ** 2 for g in gaps) / L
+    expected = torch.tensor([(g - mean) / math.sqrt(var + model.norm_eps) for g in gaps], dtype=torch.float64)
+    got = model.time_feature(times, None)
+    assert got.shape == (1, model.nheads, L)
+    torch.testing.assert_close(got[0, 0], expected, rtol=0, atol=1e-12)
+    raw = _model(time_transform="raw").double().eval().time_feature(times, None)[0, 0]
+    assert (raw - expected).abs().max() > 0.1  # the official raw gaps are a different feature
 
 
 def test_time_enters_only_through_dt(monkeypatch):

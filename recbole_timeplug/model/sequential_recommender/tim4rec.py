@@ -33,6 +33,9 @@ semantics.  Switches beyond the official code (defaults = official behaviour):
   the boundary gap -t_n) are zeroed and the LayerNorms over L use only valid positions (their output is 0
   at padding).  Off by default; the official normalisation lets the boundary gap dominate
   (docs/models.md §2.4).
+* ``time_transform`` - what the time branch sees of a gap: ``raw`` (official: seconds, so one long gap dominates
+  the LayerNorm over L) or ``log`` = sign(delta) log(1 + |delta|), which keeps a day and a year apart without
+  letting the year squash every other gap.
 """
 
 import math
@@ -55,6 +58,7 @@ from recbole_timeplug.layers.ssd import (
 from recbole_timeplug.validation import ConfigChecks
 
 ACTIVATIONS = {"hardswish": nn.Hardswish, "silu": nn.SiLU}
+TIME_TRANSFORMS = ("raw", "log")
 FFN_NORM_EPS = 1e-12  # the official FFN LayerNorm does not receive norm_eps
 
 
@@ -238,6 +242,9 @@ class TiM4Rec(SequentialRecommender):
         self.p2p_residual = check.boolean("p2p_residual")
         self.is_kai_ming_init = check.boolean("is_kai_ming_init")
         self.time_mask_padding = check.boolean("time_mask_padding")
+        self.time_transform = check.one_of(
+            "time_transform", TIME_TRANSFORMS, "raw = official gaps in seconds, log = sign * log(1 + |gap|)",
+            default="raw", normalise=str.lower)
         self.conv_activation = check.one_of("conv_activation", sorted(ACTIVATIONS), normalise=str.lower)
         self.ssd_backend = check.one_of("ssd_backend", SSD_BACKENDS, normalise=str.lower)
         self.fast_dropout = check.boolean("fast_dropout", default=True)
@@ -303,12 +310,15 @@ class TiM4Rec(SequentialRecommender):
             module.bias.data.zero_()
 
     def time_feature(self, time_seq, valid):
-        """T0 (B, H, L): LN over the sequence axis of the consecutive gaps (fp32, raw units)."""
+        """T0 (B, H, L): LN over the sequence axis of the consecutive gaps (fp32; raw units, or
+        sign * log(1 + |gap|) with ``time_transform: log``)."""
         with torch.autocast(device_type=time_seq.device.type, enabled=False):
             # gaps from float64 times (the package keeps TIME_FIELD float64: float32 is 64-128 s apart at
             # Unix-seconds scale), then in the model's dtype: fp32, or fp64 when the model itself is fp64
             t = time_seq.to(torch.float64)
             gaps = torch.cat([torch.zeros_like(t[:, :1]), t[:, 1:] - t[:, :-1]], dim=1)
+            if self.time_transform == "log":  # (the boundary gap -t_n stays negative: log-scaled, not dropped)
+                gaps = torch.sign(gaps) * torch.log1p(gaps.abs())
             gaps = gaps.to(at_least_fp32(self.time_norm.weight).dtype)
             if valid is not None:
                 gaps = gaps * valid[:, 0].to(gaps.dtype)  # drops the boundary gap -t_n and later zeros

@@ -25,10 +25,11 @@ is marked † in the table. A multi-stage model (TiMiRec) also gets a row per ea
 (``TiMiRec · pretrain`` = ComiRec+), tested on the same split.
 A model that fails is reported in the table with its error; the other models still run.
 
-**Significance.** Every run's per-user test metrics (one value per test user, see
-``recbole_timeplug.evaluation``) are saved in ``<out>/per_user/<dataset>/<model>-seed<seed>.json``. Each row is
-tested against ``--reference`` (default SASRec), paired over users: Wilcoxon signed-rank on each user's metric
-averaged over the model's seeds (pooled) and on each seed alone, Holm-corrected over the rows (per metric), with a
+**Significance.** Every run's per-user test metrics (one value per test case, see
+``recbole_timeplug.evaluation``; leave-one-out has one case per user) are saved in
+``<out>/per_user/<dataset>/<model>-seed<seed>.json``. Each row is tested against ``--reference`` (default SASRec),
+paired over users: Wilcoxon signed-rank on each user's metric (the mean of the user's test cases where a split tests
+a user more than once) averaged over the model's seeds (pooled) and on each seed alone, Holm-corrected over the rows (per metric), with a
 paired-bootstrap 95 % CI of the mean difference. The table marks ▲ / ▼ (significantly better / worse at α = 0.05
 after correction); ``--pairs A:B,...`` adds the ablation pairs (a model against its idea switched off, e.g.
 ``TiM4Rec:SSD4Rec``), Holm-corrected over the pairs.
@@ -481,14 +482,24 @@ def _per_user_runs(records, out):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
         users = data["users"] or list(range(len(next(iter(data["metrics"].values())))))
-        seen = {}
-        keys = []  # (user, n-th test case of that user): a split may test a user more than once
-        for u in users:
-            keys.append((u, seen.setdefault(u, 0)))
-            seen[u] += 1
-        runs.setdefault(record["model"], {})[record.get("seed")] = {
-            key: {m: v[i] for m, v in data["metrics"].items()} for i, key in enumerate(keys)}
+        runs.setdefault(record["model"], {})[record.get("seed")] = _user_means(users, data["metrics"])
     return runs
+
+
+def _user_means(users, metrics):
+    """``{user: {metric: mean over the user's test cases}}``: the paired tests' unit is the user.
+
+    Leave-one-out tests each user once. A split that tests a user several times (ARERec's 80/20 protocol:
+    every rating in a user's last 20 %) gives cases of one user that are not independent, so they are averaged
+    into one value per user before any test; pairing cases one by one would overstate the evidence.
+    """
+    sums, counts = {}, {}
+    for i, u in enumerate(users):
+        counts[u] = counts.get(u, 0) + 1
+        row = sums.setdefault(u, {})
+        for m, values in metrics.items():
+            row[m] = row.get(m, 0.0) + values[i]
+    return {u: {m: total / counts[u] for m, total in row.items()} for u, row in sums.items()}
 
 
 def _paired_arrays(a_runs, b_runs, metric, seeds=None):

@@ -277,6 +277,38 @@ def test_results_significance_against_the_reference_and_pairs(tmp_path):
     assert "| Better | Same |" in md
 
 
+def test_results_significance_pairs_users_tested_several_times_once(tmp_path):
+    """A split that tests a user several times (ARERec's 80/20 protocol) enters the paired tests once per user,
+    with the mean of that user's cases, whatever order the cases are stored in."""
+    from scipy.stats import wilcoxon
+
+    rng = np.random.default_rng(1)
+    n_users = 60
+    cases = rng.integers(1, 6, n_users)  # 1-5 test cases per user
+    users = [f"u{u}" for u in range(n_users) for _ in range(cases[u])]
+    ref = rng.random(len(users))
+    other = ref + rng.normal(0.02, 0.1, len(users))
+    order = rng.permutation(len(users))  # the other model's file lists the same cases in another order
+    folder = tmp_path / "per_user" / "t"
+    folder.mkdir(parents=True)
+    records = []
+    for model, us, values in (("SASRec", users, ref), ("Other", [users[i] for i in order], other[order])):
+        (folder / f"{model}.json").write_text(json.dumps({"model": model, "seed": 1, "users": us, "metrics": {
+            m: list(map(float, values)) for m in results.METRICS}}))
+        records.append({"model": model, "seed": 1, "status": "ok",
+                        "per_user_file": os.path.join("per_user", "t", f"{model}.json")})
+    test = results.significance(records, ["SASRec", "Other"], str(tmp_path))["vs_reference"]["Other"]["ndcg@10"]
+    # by hand: each user's mean over their own cases, in the reference file's order
+    mean_ref, mean_other, start = [], [], 0
+    for u in range(n_users):
+        mean_ref.append(ref[start:start + cases[u]].mean())
+        mean_other.append(other[start:start + cases[u]].mean())
+        start += cases[u]
+    assert test["n_users"] == n_users
+    assert test["diff"] == pytest.approx(float(np.mean(np.subtract(mean_other, mean_ref))))
+    assert test["p"] == pytest.approx(wilcoxon(mean_other, mean_ref).pvalue)
+
+
 def test_results_table_of_a_sampled_protocol_with_its_own_metrics(tmp_path):
     data = tmp_path / "data"
     write_inter(str(data / "tiny" / "tiny.inter"), n_users=40, n_items=60, min_len=8, max_len=12)

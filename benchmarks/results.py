@@ -590,7 +590,8 @@ def _significance_lines(stats, rows, dataset):
     label = metric_label(metric)
     means = {row["model"]: row[metric][0] for row in rows}
     lines = [f"## Paired tests against {ref}", "",
-             f"Each user's test {label} (the mean of the user's test cases where a split tests a user more than once, averaged over the seeds a model has), paired by user with {ref}'s: "
+             f"Each user's test {label} (the mean of the user's test cases where a split tests a user more than "
+             f"once, averaged over the seeds a model has), paired by user with {ref}'s: "
              f"Wilcoxon signed-rank p (two-sided), Holm-corrected over the rows of this table, and a 95 % "
              f"paired-bootstrap CI of the mean difference (10,000 resamples of the users). `per seed`: the same "
              f"test on one seed of each (uncorrected). In the table above, ▲ / ▼ mark a significantly higher / "

@@ -16,6 +16,9 @@ Writes ``<out>/<dataset>.md`` (test Hit/NDCG/MRR @10 and @20, best valid score, 
 seconds per training epoch and per evaluation, and each model's exact settings with the command that
 reproduces it), ``<out>/<dataset>.json`` (every run's raw record) and ``<out>/<dataset>.png`` (bar chart;
 needs matplotlib: ``pip install -e ".[plot]"`` — without it the chart is skipped with a message).
+Each record in the JSON keeps the run's learning curve (``curve``: training loss and validation score per epoch,
+the epochs before a resume included, read from the checkpoints for ``--import``), drawn per model in
+``<out>/<dataset>_curves.png``.
 With several seeds the table shows mean ± std (sample std, ddof=1) over the seeds that finished.
 ``--append`` adds to an existing ``<out>/<dataset>.json`` (models run now replace their old rows), so a
 table can be filled by several processes in parallel or grown one model at a time; the table then names
@@ -216,16 +219,38 @@ class RunProbe:
 
     @staticmethod
     def summary(stage):
-        """epochs, best epoch, mean seconds per epoch / validation pass and parameters of one stage."""
+        """epochs, best epoch, mean seconds per epoch / validation pass, parameters and learning curve of one
+        stage."""
         train, valid = stage["train"], stage["valid"]
         last = stage.get("last_epoch")
+        trainer = stage["trainer"]
         return {
             "params": stage["params"],
             "epochs": last + 1 if last is not None else len(train),
-            "best_epoch": stage["trainer"].best_epoch,
+            "best_epoch": trainer.best_epoch,
             "s_per_epoch": sum(train) / len(train) if train else None,
             "s_per_eval": sum(valid) / len(valid) if valid else None,
+            "curve": learning_curve(trainer.train_loss_dict, getattr(trainer, "valid_score_dict", {})),
         }
+
+
+def learning_curve(train_loss, valid_score):
+    """``[{"epoch", "train_loss", "valid"}, ...]`` by epoch (counted from 0) from a trainer's or checkpoint's
+    ``train_loss_dict`` / ``valid_score_dict``; ``valid`` is the ``valid_metric`` score, None for an epoch that
+    was not validated (``eval_step`` > 1). A resumed run's checkpoints carry the epochs before the resume."""
+    epochs = sorted({int(e) for e in train_loss} | {int(e) for e in valid_score})
+    loss = {int(e): v for e, v in train_loss.items()}
+    score = {int(e): v for e, v in valid_score.items()}
+    return [{"epoch": e, "train_loss": _plain_number(loss.get(e)), "valid": _plain_number(score.get(e))}
+            for e in epochs]
+
+
+def _plain_number(value):
+    if value is None:
+        return None
+    if isinstance(value, (tuple, list)):  # a model with several losses: RecBole logs their sum
+        value = sum(float(v) for v in value)
+    return float(value)
 
 
 def run_one(model, dataset, config_files, config_dict, label=None):
@@ -314,12 +339,16 @@ def import_one(label, checkpoint, dataset):
         record.update({"class": payload["model"], "seed": config["seed"], "config_files": [],
                        "config_dict": {"checkpoint_path": os.path.abspath(checkpoint), "test_only": True}})
         last = last_file_of(checkpoint)
-        last_epoch = load_checkpoint(last, map_location="cpu")["epoch"] if os.path.isfile(last) else None
+        latest = load_checkpoint(last, map_location="cpu") if os.path.isfile(last) else None
+        last_epoch = None if latest is None else latest["epoch"]
+        latest = payload if latest is None or latest["epoch"] < payload["epoch"] else latest
         record.update(
             params=int(sum(v.numel() for v in payload["state_dict"].values() if torch.is_floating_point(v))),
             epochs=None if last_epoch is None else last_epoch + 1, best_epoch=payload.get("epoch"),
             s_per_epoch=None, s_per_eval=None, settings=_settings(config, payload["model"], config["dataset"], label),
+            curve=learning_curve(latest.get("train_loss_dict") or {}, latest.get("valid_score_dict") or {}),
         )
+        del latest
         # a multi-stage run names its earlier stage's file in its checkpoint (TiMiRec); else the naming rule
         stage_file = ((payload.get("timirec_stages") or {}).get("pretrain") or {}).get("best_model_file")
         del payload
@@ -335,7 +364,8 @@ def import_one(label, checkpoint, dataset):
             record["stages"] = {"pretrain": {"test_result": stage.get("test"), "best_valid_score":
                                              stage.get("best_valid_score"), "best_valid_result": stage.get("valid"),
                                              "test_per_user": stage.get("per_user"), "params": stage.get("params"),
-                                             "epochs": stage.get("epochs"), "best_epoch": stage.get("best_epoch")}}
+                                             "epochs": stage.get("epochs"), "best_epoch": stage.get("best_epoch"),
+                                             "curve": stage.get("curve")}}
     except Exception as err:  # noqa: BLE001 - reported in the table like a failed run
         traceback.print_exc()
         message = str(err).strip().splitlines()
@@ -457,7 +487,7 @@ def stage_records(record):
             "best_valid_score": numbers.get("best_valid_score"), "params": numbers.get("params"),
             "epochs": numbers.get("epochs"), "best_epoch": numbers.get("best_epoch"),
             "s_per_epoch": numbers.get("s_per_epoch"), "s_per_eval": numbers.get("s_per_eval"),
-            "per_user": numbers.get("test_per_user"),
+            "per_user": numbers.get("test_per_user"), "curve": numbers.get("curve"),
         })
     return rows
 
@@ -676,7 +706,8 @@ def _run_command(record, dataset):
     return f'python run_recbole.py --model={model} --dataset={dataset} --config_files="{files}" {extra}'.strip()
 
 
-def write_markdown(path, dataset, commands, records, models, rows, chart_name, stats=None, metrics=None):
+def write_markdown(path, dataset, commands, records, models, rows, chart_name, stats=None, metrics=None,
+                   curves_name=None):
     """``commands``: [(command, environment)] of every results.py run whose records are in the table;
     ``stats``: :func:`significance`'s result (markers and the paired-test sections), if any."""
     markers = (stats or {}).get("markers", {})
@@ -746,6 +777,10 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
         lines.append("")
     if chart_name:
         lines += [f"![test metrics on {dataset}]({chart_name})", ""]
+    if curves_name:
+        lines += [f"Learning curves (validation score per epoch, one line per seed; ● = the epoch tested; the "
+                  f"numbers are in each record's `curve` in `{dataset}.json`):", "",
+                  f"![validation curves on {dataset}]({curves_name})", ""]
     if stats:
         lines += _significance_lines(stats, rows, dataset)
     lines += ["## Exact settings", ""]
@@ -811,6 +846,52 @@ def plot(path, dataset, rows, markers=None, metrics=None):
               frameon=False)
     ax.grid(axis="y", alpha=0.3)
     fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def plot_curves(path, dataset, records, models):
+    """One panel per model: every run's validation score per epoch (a line per seed, ● at its best epoch), from
+    the records' ``curve``; False if matplotlib is missing or no run has a curve."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = []
+    for model in models:
+        runs = [r for r in records if r.get("model") == model and r.get("status") == "ok"
+                and any(p.get("valid") is not None for p in r.get("curve") or [])]
+        if runs:
+            panels.append((model, sorted(runs, key=lambda r: (r.get("seed") is None, r.get("seed")))))
+    if not panels:
+        return False
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False, sharey=True)
+    metric = (panels[0][1][0].get("settings") or {}).get("valid_metric", "validation score")
+    for ax, (model, runs) in zip(axes.flat, panels):
+        for i, run in enumerate(runs):
+            points = [(p["epoch"], p["valid"]) for p in run["curve"] if p.get("valid") is not None]
+            color = plt.cm.tab10.colors[i % 10]
+            ax.plot([e for e, _ in points], [v for _, v in points], color=color, lw=1, label=f"seed {run.get('seed')}")
+            best = dict(points).get(run.get("best_epoch"))
+            if best is not None:
+                ax.plot([run["best_epoch"]], [best], "o", color=color, ms=3)
+        ax.set_title(model, fontsize="small")
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize="x-small")
+        ax.legend(fontsize="xx-small")
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"valid {metric}", fontsize="small")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("epoch", fontsize="small")
+    fig.suptitle(f"{dataset}: validation curves", fontsize="medium")
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return True
 
@@ -1051,13 +1132,17 @@ def _write_outputs(args, json_path, records, commands, models):
     chart = f"{args.dataset}.png"
     drew = False if args.no_plot else plot(os.path.join(args.out, chart), args.dataset, rows,
                                            (stats or {}).get("markers"), args.metrics)
+    curves = f"{args.dataset}_curves.png"
+    drew_curves = False if args.no_plot else plot_curves(os.path.join(args.out, curves), args.dataset, records,
+                                                         [r["model"] for r in rows])
     md_path = os.path.join(args.out, f"{args.dataset}.md")
     write_markdown(md_path, args.dataset, commands, records, models, rows, chart if drew else None, stats,
-                   args.metrics)
+                   args.metrics, curves if drew_curves else None)
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump({"commands": [{"command": c, "environment": e} for c, e in commands], "pairs": args.pairs,
                    "records": records}, f, indent=1, default=str)
-    print(f"results.py: wrote {md_path}" + (f" and {os.path.join(args.out, chart)}" if drew else ""))
+    drawn = [os.path.join(args.out, name) for name, done in ((chart, drew), (curves, drew_curves)) if done]
+    print(f"results.py: wrote {md_path}" + "".join(f" and {name}" for name in drawn))
 
 
 if __name__ == "__main__":

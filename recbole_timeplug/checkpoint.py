@@ -10,7 +10,8 @@ A checkpoint written here holds only tensors and plain Python values, so it load
 ``external_config``    what the user set (files, dict, command line): rebuilds the run's Config
 ``epoch``              last finished epoch; ``best_epoch``, ``best_valid_score``,
                        ``best_valid_result``, ``cur_step`` (early-stopping counter),
-                       ``train_loss_dict``
+                       ``train_loss_dict`` and ``valid_score_dict`` (epoch -> training loss /
+                       validation score: the learning curve so far)
 ``state_dict``         model weights; ``other_parameter``: the model's non-parameter state
 ``optimizer``          optimizer state
 ``rng``                python / numpy / torch / cuda RNG and the train DataLoader generator, as

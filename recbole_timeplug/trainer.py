@@ -138,6 +138,9 @@ class CheckpointMixin:
         self._saved = True
         self._last_trained_epoch = None
         self._latest_valid_result = None
+        # epoch -> validation score (``valid_metric``): with RecBole's ``train_loss_dict``, the run's learning
+        # curve. Both are kept in every checkpoint, so a resumed run's curve is the whole run's.
+        self.valid_score_dict = {}
         self._wrote_best = False
         self.torch_compile = torch_compile_setting(config)
         self.sampled_eval_full_sort = ConfigChecks(config["model"], config).boolean(
@@ -166,6 +169,7 @@ class CheckpointMixin:
             "best_valid_score": float(self.best_valid_score),
             "best_valid_result": plain_metrics(self.best_valid_result),
             "train_loss_dict": {int(k): float(v) for k, v in self.train_loss_dict.items()},
+            "valid_score_dict": {int(k): float(v) for k, v in self.valid_score_dict.items()},
             "state_dict": self.model.state_dict(),
             "other_parameter": self.model.other_parameter(),
             "optimizer": self.optimizer.state_dict(),
@@ -220,6 +224,8 @@ class CheckpointMixin:
             "valid", lambda: super(CheckpointMixin, self)._valid_epoch(valid_data, show_progress=show_progress)
         )
         self._latest_valid_result = valid_result
+        if self._last_trained_epoch is not None:
+            self.valid_score_dict[self._last_trained_epoch] = float(valid_score)
         return valid_score, valid_result
 
     def _train_epoch(self, train_data, epoch_idx, *args, **kwargs):
@@ -322,6 +328,7 @@ class CheckpointMixin:
         self.best_valid_result = payload.get("best_valid_result")
         self.best_epoch = payload.get("best_epoch")
         self.train_loss_dict = dict(payload.get("train_loss_dict") or {})
+        self.valid_score_dict = dict(payload.get("valid_score_dict") or {})
         self._pending_rng = payload.get("rng")
         self.resumed_from = os.path.abspath(resume_file)
         if os.path.abspath(self.saved_model_file) in (self.resumed_from, last_file_of(self.resumed_from)):

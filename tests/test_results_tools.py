@@ -58,6 +58,13 @@ def test_results_table_matches_the_runs(tmp_path):
     assert [r["epochs"] for r in records if r["model"] == "SASRec"] == [1, 1]
     assert [r["epochs"] for r in records if r["model"] == "GRU4Rec"] == [2, 2]
     assert all(r["s_per_epoch"] > 0 and r["s_per_eval"] > 0 for r in records if r["status"] == "ok")
+    # each run's learning curve: one point per epoch trained; its best validation score is the one RecBole's
+    # early stopping kept (tracked apart from the curve), at the epoch it tested
+    for r in (r for r in records if r["status"] == "ok"):
+        assert [p["epoch"] for p in r["curve"]] == list(range(r["epochs"]))
+        assert all(p["train_loss"] > 0 for p in r["curve"])
+        valid = [p["valid"] for p in r["curve"]]
+        assert max(valid) == pytest.approx(r["best_valid_score"]) and valid.index(max(valid)) == r["best_epoch"]
 
     # a failing model is a row with its error, the others still ran
     assert "**failed**" in rows["NoSuchModel"][1] and "Unknown model 'NoSuchModel'" in rows["NoSuchModel"][1]
@@ -78,6 +85,7 @@ def test_results_table_matches_the_runs(tmp_path):
         assert not (out / "tiny.png").exists() and "![" not in md
     else:
         assert (out / "tiny.png").stat().st_size > 0 and "![test metrics on tiny](tiny.png)" in md
+        assert (out / "tiny_curves.png").stat().st_size > 0 and "(tiny_curves.png)" in md
 
 
 def test_results_append_grows_one_table(tmp_path):
@@ -175,6 +183,8 @@ def test_results_resume_a_run_stopped_midway_from_its_checkpoint(tmp_path):
     resumed = results.main([*common, "--out", str(tmp_path / "out"), "--checkpoint_dir", str(ckpt)])[0]
     assert resumed["resumed_from"].endswith("-last.pth") and "checkpoint_path" not in resumed["config_dict"]
     assert resumed["epochs"] == whole["epochs"] == 3 and resumed["test"] == whole["test"]
+    # the curve of the resumed run is the whole run's: the epoch before the stop comes from the checkpoint
+    assert len(whole["curve"]) == 3 and resumed["curve"] == whole["curve"]
     assert results._run_key(resumed) == results._run_key(whole)
     # the same label and seed under other settings (another batch size) does not continue that run's files
     other = results.main([*common, "--set", "train_batch_size=64", "--out", str(tmp_path / "out"),
@@ -199,6 +209,10 @@ def test_results_import_tests_saved_weights_with_their_stage(tmp_path):
     final, stage = records
     assert final["status"] == "ok" and final["seed"] == 7 and final["epochs"] == 1 and final["best_epoch"] == 0
     assert final["test"] == trained["test_result"] and final["imported_from"] == trained["saved_model_file"]
+    # the learning curve is read from the checkpoints: the one epoch of each stage, validated at its best score
+    assert [p["epoch"] for p in final["curve"]] == [0] and final["curve"][0]["valid"] == pytest.approx(
+        trained["best_valid_score"])
+    assert stage["curve"][0]["valid"] == pytest.approx(trained["stages"]["pretrain"]["best_valid_score"])
     assert stage["model"] == "TiMiRec · pretrain" and stage["test"] == trained["stages"]["pretrain"]["test_result"]
     for record, per_user in ((final, trained["test_per_user"]), (stage, trained["stages"]["pretrain"]["test_per_user"])):
         saved = json.loads((out / record["per_user_file"]).read_text())

@@ -241,16 +241,8 @@ def learning_curve(train_loss, valid_score):
     epochs = sorted({int(e) for e in train_loss} | {int(e) for e in valid_score})
     loss = {int(e): v for e, v in train_loss.items()}
     score = {int(e): v for e, v in valid_score.items()}
-    return [{"epoch": e, "train_loss": _plain_number(loss.get(e)), "valid": _plain_number(score.get(e))}
-            for e in epochs]
-
-
-def _plain_number(value):
-    if value is None:
-        return None
-    if isinstance(value, (tuple, list)):  # a model with several losses: RecBole logs their sum
-        value = sum(float(v) for v in value)
-    return float(value)
+    return [{"epoch": e, "train_loss": None if loss.get(e) is None else float(loss[e]),
+             "valid": None if score.get(e) is None else float(score[e])} for e in epochs]
 
 
 def run_one(model, dataset, config_files, config_dict, label=None):

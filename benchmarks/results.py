@@ -801,18 +801,26 @@ def write_markdown(path, dataset, commands, records, models, rows, chart_name, s
         f.write("\n".join(lines))
 
 
-def plot(path, dataset, rows, markers=None, metrics=None):
-    """Grouped bar chart of the test metrics (error bars = std over seeds, ▲/▼ = significant difference from
-    the reference model, see :func:`significance`); False if matplotlib is missing."""
-    markers = markers or {}
-    metrics = metrics or METRICS
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None without matplotlib."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("results.py: matplotlib is not installed - skipping the bar chart "
+        return None
+    return plt
+
+
+def plot(path, dataset, rows, markers=None, metrics=None):
+    """Grouped bar chart of the test metrics (error bars = std over seeds, ▲/▼ = significant difference from
+    the reference model, see :func:`significance`); False if matplotlib is missing."""
+    markers = markers or {}
+    metrics = metrics or METRICS
+    plt = _pyplot()
+    if plt is None:
+        print("results.py: matplotlib is not installed - skipping the charts "
               "(install it with `pip install -e \".[plot]\"` or `pip install matplotlib`).", file=sys.stderr)
         return False
     rows = [r for r in rows if r["n_ok"] > 0]
@@ -844,13 +852,9 @@ def plot(path, dataset, rows, markers=None, metrics=None):
 
 def plot_curves(path, dataset, records, models):
     """One panel per model: every run's validation score per epoch (a line per seed, ● at its best epoch), from
-    the records' ``curve``; False if matplotlib is missing or no run has a curve."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    the records' ``curve``; False if matplotlib is missing (:func:`plot` says so) or no run has a curve."""
+    plt = _pyplot()
+    if plt is None:
         return False
     panels = []
     for model in models:

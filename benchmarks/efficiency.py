@@ -15,7 +15,8 @@ included) at every L, so the ratios do not depend on the machine's load at anoth
 * Training step: ``calculate_loss`` + backward + Adam step (lr 1e-3; a model's own ``build_optimizer`` when it
   has one, e.g. ARERec's ``adam_variant``) on one batch of ``--batch_size`` sequences
   (after the batch transform the model's config names, e.g. BERT4Rec's masking); median over ``--steps``
-  timed steps after ``--warmup``.
+  timed steps after ``--warmup``. All models of one L are built first and their timed steps interleaved
+  (one step of each model per round), so the ratios hold when the machine's load changes during the run.
 * Evaluation: ``full_sort_predict`` (scores for all items) under ``torch.no_grad``; users/s over
   ``--eval_batches`` batches of ``--eval_batch_size`` users.
 * Peak memory of one training step, above what was allocated when the step started (parameters,
@@ -201,9 +202,34 @@ def augmented_train_set(config, length, cache):
     return cache["train"]
 
 
-def measure(model_name, length, args, dataset, data_path, name, device, cache=None):
-    """One (model, L) cell: a dict of numbers or an ``error``."""
-    cache = {} if cache is None else cache
+class Cell:
+    """One (model, L) measurement in progress: its result ``row`` and, while it is live, what it needs."""
+
+    def __init__(self, model_name, length):
+        self.row = {"model": model_name, "L": length}
+        self.model = self.optimizer = self.config = self.train_batch = self.gen = None
+        self.times = []
+
+    @property
+    def live(self):
+        return "error" not in self.row and self.model is not None
+
+    def fail(self, err):
+        if "out of memory" in str(err).lower():
+            self.row["error"] = "out of memory"
+        else:
+            traceback.print_exc()
+            lines = str(err).strip().splitlines()
+            self.row["error"] = f"{type(err).__name__}: {lines[0] if lines else ''}"[:200]
+        self.release()
+
+    def release(self):
+        self.model = self.optimizer = self.train_batch = None
+        gc.collect()
+
+
+def prepare(model_name, length, args, dataset, data_path, name, device, cache):
+    """Build the model, its optimizer and its training batch, and run the warm-up steps."""
     import torch
     from recbole.data.transform import construct_transform
     from recbole.utils import init_seed
@@ -211,8 +237,7 @@ def measure(model_name, length, args, dataset, data_path, name, device, cache=No
     from recbole_timeplug.config import Config
     from recbole_timeplug.registry import get_model
 
-    row = {"model": model_name, "L": length}
-    model = optimizer = None
+    cell = Cell(model_name, length)
     try:
         config_dict = _base_config(args, data_path, name, device, length)
         config_dict.update(args.global_set)
@@ -232,31 +257,49 @@ def measure(model_name, length, args, dataset, data_path, name, device, cache=No
                   f"{str(err)[:120]}); building it for L={length}", flush=True)
             init_seed(args.seed, True)
             model = model_class(config, augmented_train_set(config, length, cache))
-            row["built_on"] = "augmented training set"
-        model = model.to(device)
-        row["params"] = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+            cell.row["built_on"] = "augmented training set"
+        cell.model = model = model.to(device)
+        cell.config = config
+        cell.row["params"] = int(sum(p.numel() for p in model.parameters() if p.requires_grad))
         # a model that builds its own optimizer (ARERec's `adam_variant`) gets it, as its trainer would
-        optimizer = (model.build_optimizer(1e-3) if hasattr(model, "build_optimizer")
-                     else torch.optim.Adam(model.parameters(), lr=1e-3))
-        gen = torch.Generator().manual_seed(args.seed + length)
-        with_neg = _uses_negatives(config)
-        train_batch = transform(dataset, make_batch(config, dataset, args.batch_size, length, gen, "cpu", with_neg))
-        train_batch = train_batch.to(device)
+        cell.optimizer = (model.build_optimizer(1e-3) if hasattr(model, "build_optimizer")
+                          else torch.optim.Adam(model.parameters(), lr=1e-3))
+        cell.gen = torch.Generator().manual_seed(args.seed + length)
+        batch = make_batch(config, dataset, args.batch_size, length, cell.gen, "cpu", _uses_negatives(config))
+        cell.train_batch = transform(dataset, batch).to(device)
         model.train()
         for _ in range(args.warmup):
-            _step(model, optimizer, train_batch)
-        times = []
-        for _ in range(args.steps):
-            _sync(device)
-            start = time.perf_counter()
-            _step(model, optimizer, train_batch)
-            _sync(device)
-            times.append(time.perf_counter() - start)
-        row["train_ms"] = 1000 * statistics.median(times)
-        row["peak_mb"] = train_step_memory(model, optimizer, train_batch, device) / 2**20
+            _step(model, cell.optimizer, cell.train_batch)
+    except Exception as err:  # noqa: BLE001 - one failing cell must not abort the benchmark
+        cell.fail(err)
+    return cell
+
+
+def timed_step(cell, device):
+    """Time one training step of a live cell (a failure ends the cell, not the benchmark)."""
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        _step(cell.model, cell.optimizer, cell.train_batch)
+        _sync(device)
+        cell.times.append(time.perf_counter() - start)
+    except Exception as err:  # noqa: BLE001
+        cell.fail(err)
+
+
+def finish(cell, args, dataset, device):
+    """The median step time, the step's peak memory and the evaluation throughput; frees the model."""
+    import torch
+
+    if not cell.live:
+        return cell.row
+    row, model = cell.row, cell.model
+    try:
+        row["train_ms"] = 1000 * statistics.median(cell.times)
+        row["peak_mb"] = train_step_memory(model, cell.optimizer, cell.train_batch, device) / 2**20
         model.eval()
-        eval_batches = [make_batch(config, dataset, args.eval_batch_size, length, gen, "cpu", False).to(device)
-                        for _ in range(args.eval_batches)]
+        eval_batches = [make_batch(cell.config, dataset, args.eval_batch_size, row["L"], cell.gen, "cpu", False)
+                        .to(device) for _ in range(args.eval_batches)]
         with torch.no_grad():
             model.full_sort_predict(eval_batches[0])  # warm-up
             _sync(device)
@@ -270,19 +313,25 @@ def measure(model_name, length, args, dataset, data_path, name, device, cache=No
             raise RuntimeError(f"full_sort_predict returned {tuple(scores.shape)} scores, expected "
                                f"{args.eval_batch_size} x {dataset.item_num}")
         row["eval_users_s"] = args.eval_batches * args.eval_batch_size / elapsed
-    except Exception as err:  # noqa: BLE001 - one failing cell must not abort the benchmark
-        if "out of memory" in str(err).lower():
-            row["error"] = "out of memory"
-        else:
-            traceback.print_exc()
-            lines = str(err).strip().splitlines()
-            row["error"] = f"{type(err).__name__}: {lines[0] if lines else ''}"[:200]
-    finally:
-        del model, optimizer
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
+    except Exception as err:  # noqa: BLE001
+        cell.fail(err)
+    cell.release()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
     return row
+
+
+def measure_length(models, length, args, dataset, data_path, name, device, cache=None):
+    """Every model's cell at one L. The timed steps are interleaved: round r steps each live model once,
+    starting one model further along each round, so a change in the machine's load (another job starting,
+    frequency scaling) falls on every model alike instead of on whichever model was being timed."""
+    cache = {} if cache is None else cache
+    cells = [prepare(m, length, args, dataset, data_path, name, device, cache) for m in models]
+    for r in range(args.steps):
+        live = [c for c in cells if c.live]
+        for cell in live[r % len(live):] + live[:r % len(live)] if live else ():
+            timed_step(cell, device)
+    return [finish(cell, args, dataset, device) for cell in cells]
 
 
 # ------------------------------------------------------------------------------------ report
@@ -382,9 +431,9 @@ def main(argv=None):
     dataset, data_path, name = build_dataset(args, device)
     rows, cache = [], {}
     for length in args.lengths:
-        for model in args.models:
-            row = measure(model, length, args, dataset, data_path, name, device, cache)
+        for row in measure_length(args.models, length, args, dataset, data_path, name, device, cache):
             rows.append(row)
+            model = row["model"]
             if "error" in row:
                 print(f"efficiency.py: L={length} {model}: FAILED {row['error']}", flush=True)
             else:

@@ -418,6 +418,26 @@ def test_efficiency_tiny_cpu(tmp_path):
     assert json.loads((out / "efficiency.json").read_text())["rows"][0]["model"] == "SASRec"
 
 
+def test_efficiency_interleaves_the_timed_steps(tmp_path, monkeypatch):
+    """All models of one L are warmed up, then timed one step each per round (the starting model rotating),
+    then measured for memory: a load change during the run falls on every model alike."""
+    calls = []
+    step = efficiency._step
+
+    def recording(model, optimizer, batch):
+        calls.append(type(model).__name__)
+        step(model, optimizer, batch)
+
+    monkeypatch.setattr(efficiency, "_step", recording)
+    efficiency.main(["--models", "GRU4Rec,SASRec", "--lengths", "8", "--batch_size", "4", "--hidden_size", "8",
+                     "--steps", "3", "--warmup", "1", "--eval_batches", "1", "--eval_batch_size", "4",
+                     "--n_users", "30", "--n_items", "50", "--n_interactions", "600", "--data_path",
+                     str(tmp_path / "d"), "--out", str(tmp_path / "eff"), "--device", "cpu", "--no_plot",
+                     "--set", "n_layers=1", "--set", "n_heads=1", "--set", "inner_size=16"])
+    S, G = "SASRec", "GRU4Rec"
+    assert calls == [S, G] + [S, G, G, S, S, G] + [S, G]  # warm-up, three timed rounds, memory
+
+
 def test_cpu_peak_memory_matches_a_hand_count():
     """One step of a bias-free linear layer with a known activation size: the CPU measure sees the big
     intermediate (independent count: B x out floats for the output, the same again for its gradient)."""

@@ -154,7 +154,36 @@ def parse_args(argv=None):
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be >= 1, got {args.epochs}")
     args.global_set, args.model_set = _parse_overrides(p, args.overrides)
+    for label in args.models:
+        problem = variant_overridden(label, args.baseline_dir, args.config_files, args.global_set,
+                                     args.model_set.get(label, {}))
+        if problem:
+            p.error(problem)
     return args
+
+
+def variant_overridden(label, baseline_dir, user_files, global_set, label_set):
+    """Why a variant row (a baseline YAML naming another model, e.g. ``TiSASRec-no-intervals``) would not be
+    that variant, or None. The user's files and ``--set KEY=...`` win over the baseline YAML, so a preset that
+    sets the key the variant is made of (``time_span`` in TiSASRec's protocol preset) silently turns the
+    ablation back into the plain model; ``--set Label:KEY=...`` (the label's own setting) is the way to keep it."""
+    from recbole_timeplug.testing import yaml_defaults  # YAML as RecBole reads it (1e-12 is a float)
+
+    model, _ = resolve_model(label, baseline_dir)
+    if model == label:
+        return None
+    path = os.path.join(baseline_dir, f"{label}.yaml")
+    defining = {k: v for k, v in yaml_defaults(path).items() if k != "model"}
+    sources = [(f, yaml_defaults(f)) for f in user_files] + [("--set", global_set)]
+    for key, value in defining.items():
+        if key in label_set:
+            continue
+        for where, values in sources:
+            if key in values and values[key] != value:
+                return (f"{where} sets {key}: {values[key]!r}, which overrides what makes {label} a variant of "
+                        f"{model} ({_repo_relative(path)}: {key}: {value!r}): its rows would be plain {model}. "
+                        f"Keep the variant with --set {label}:{key}={value}, or leave {key} out of {where}.")
+    return None
 
 
 def _parse_overrides(parser, items):

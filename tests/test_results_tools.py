@@ -358,6 +358,28 @@ def test_results_bad_arguments(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ synthetic
+def test_results_refuses_a_preset_that_undoes_a_variant(tmp_path, capsys):
+    """A user file (or a plain --set) wins over the baseline YAML, so a preset that sets the key a variant is
+    made of would turn the variant back into its plain model. That is an error naming the file and the key;
+    the label's own --set keeps the variant."""
+    preset = tmp_path / "protocol.yaml"
+    preset.write_text("time_span: 256\nlearning_rate: 0.001\n")
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset", "x", "--models", "TiSASRec,TiSASRec-no-intervals",
+                            "--config_files", str(preset)])
+    err = capsys.readouterr().err
+    assert "protocol.yaml sets time_span: 256" in err and "TiSASRec-no-intervals:time_span=0" in err
+    with pytest.raises(SystemExit):
+        results.parse_args(["--dataset", "x", "--models", "SSD4Rec", "--set", "is_time=True"])
+    assert "--set sets is_time: True" in capsys.readouterr().err
+    kept = results.parse_args(["--dataset", "x", "--models", "TiSASRec,TiSASRec-no-intervals", "--config_files",
+                               str(preset), "--set", "TiSASRec-no-intervals:time_span=0"])
+    assert kept.model_set == {"TiSASRec-no-intervals": {"time_span": 0}}
+    # a plain model, or a variant whose key the files agree with, is not touched
+    results.parse_args(["--dataset", "x", "--models", "TiSASRec,MASAN-softmax", "--config_files", str(preset),
+                        "--set", "alpha_mode=softmax"])
+
+
 def test_synthetic_shape_and_statistics():
     n_users, n_items, n = 300, 2000, 60_000
     users, items, times = synthetic.generate(n_users, n_items, n, min_len=20, seed=3)

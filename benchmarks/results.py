@@ -302,11 +302,15 @@ def run_one(model, dataset, config_files, config_dict, label=None):
         record.update(status="failed", error=f"{type(err).__name__}: {message[0] if message else ''}"[:300])
     final = probe.stages[-1] if probe.stages else None
     empty = {"params": None, "epochs": 0, "best_epoch": None, "s_per_epoch": None, "s_per_eval": None}
-    record.update(
-        wall_s=time.perf_counter() - start,
-        **(probe.summary(final) if final else empty),
-        settings=_settings(final["trainer"].config, model, dataset, label) if final else None,
-    )
+    if final:
+        record.update(**probe.summary(final), settings=_settings(final["trainer"].config, model, dataset, label))
+    elif record.get("resumed_from") and record.get("status") == "ok":
+        # resumed from a -last checkpoint with no epoch left to train (it had stopped early or hit the cap, and
+        # its row was lost): no trainer ran an epoch, so its epochs, curve and settings come from the checkpoint
+        record.update(_checkpoint_numbers(config_dict["checkpoint_path"], model, dataset, label))
+    else:
+        record.update(**empty, settings=None)
+    record["wall_s"] = time.perf_counter() - start
     # earlier stages (TiMiRec's pretrain): their own epochs and timings beside their metrics
     for numbers, stage in zip((record.get("stages") or {}).values(), probe.stages[:-1]):
         numbers.update(probe.summary(stage))
@@ -336,6 +340,32 @@ def _record_result(record, result):
         record["stages"] = result["stages"]
 
 
+def _checkpoint_numbers(checkpoint, model, dataset, label=None, payload=None, config=None):
+    """params, epochs, best epoch, curve and settings of a run from its checkpoint files (no timings): from the
+    best-model file ``checkpoint`` and its ``-last`` file, or from a ``-last`` file alone (which names its best)."""
+    import torch
+
+    import recbole_timeplug.quick_start as qs
+    from recbole_timeplug.checkpoint import load_checkpoint
+    from recbole_timeplug.trainer import last_file_of
+
+    payload = payload if payload is not None else load_checkpoint(checkpoint, map_location="cpu")
+    if config is None:
+        config, _ = qs.build_config(config_dict={"checkpoint_path": checkpoint})
+    is_last = os.path.splitext(checkpoint)[0].endswith("-last")
+    last = checkpoint if is_last else last_file_of(checkpoint)
+    latest = payload if is_last else (load_checkpoint(last, map_location="cpu") if os.path.isfile(last) else None)
+    last_epoch = None if latest is None else latest["epoch"]
+    best_epoch = payload.get("best_epoch") if is_last else payload.get("epoch")
+    latest = payload if latest is None or latest["epoch"] < payload["epoch"] else latest
+    return dict(
+        params=int(sum(v.numel() for v in payload["state_dict"].values() if torch.is_floating_point(v))),
+        epochs=None if last_epoch is None else last_epoch + 1, best_epoch=best_epoch,
+        s_per_epoch=None, s_per_eval=None, settings=_settings(config, model, dataset, label),
+        curve=learning_curve(latest.get("train_loss_dict") or {}, latest.get("valid_score_dict") or {}),
+    )
+
+
 def import_one(label, checkpoint, dataset):
     """A record for a model trained elsewhere: its saved best weights evaluated on valid and test (no training).
 
@@ -344,11 +374,8 @@ def import_one(label, checkpoint, dataset):
     are unknown (``–``). A TiMiRec file's stage one (the file its checkpoint names, else ``-pretrain.pth``
     beside it) is imported as its stage row.
     """
-    import torch
-
     import recbole_timeplug.quick_start as qs
     from recbole_timeplug.checkpoint import load_checkpoint
-    from recbole_timeplug.trainer import last_file_of
 
     record = {"model": label, "imported_from": os.path.abspath(checkpoint)}
     start = time.perf_counter()
@@ -359,17 +386,7 @@ def import_one(label, checkpoint, dataset):
             raise ValueError(f"{checkpoint} was trained on {config['dataset']!r}, not on {dataset!r}")
         record.update({"class": payload["model"], "seed": config["seed"], "config_files": [],
                        "config_dict": {"checkpoint_path": os.path.abspath(checkpoint), "test_only": True}})
-        last = last_file_of(checkpoint)
-        latest = load_checkpoint(last, map_location="cpu") if os.path.isfile(last) else None
-        last_epoch = None if latest is None else latest["epoch"]
-        latest = payload if latest is None or latest["epoch"] < payload["epoch"] else latest
-        record.update(
-            params=int(sum(v.numel() for v in payload["state_dict"].values() if torch.is_floating_point(v))),
-            epochs=None if last_epoch is None else last_epoch + 1, best_epoch=payload.get("epoch"),
-            s_per_epoch=None, s_per_eval=None, settings=_settings(config, payload["model"], config["dataset"], label),
-            curve=learning_curve(latest.get("train_loss_dict") or {}, latest.get("valid_score_dict") or {}),
-        )
-        del latest
+        record.update(_checkpoint_numbers(checkpoint, payload["model"], config["dataset"], label, payload, config))
         # a multi-stage run names its earlier stage's file in its checkpoint (TiMiRec); else the naming rule
         stage_file = ((payload.get("timirec_stages") or {}).get("pretrain") or {}).get("best_model_file")
         del payload

@@ -479,3 +479,19 @@ def test_cpu_peak_memory_matches_a_hand_count():
     peak = efficiency.train_step_memory(model, opt, batch, "cpu")
     activation = 512 * 4096 * 4  # one float32 [512, 4096] tensor = 8 MiB
     assert 2 * activation <= peak <= 6 * activation
+
+
+def test_results_resume_of_a_finished_run_keeps_its_epochs_curve_and_settings(tmp_path):
+    """A run that finished in --checkpoint_dir but whose row was lost (its process killed before the table was
+    written) resumes with nothing left to train: its row still gets the run's epochs, best epoch, curve,
+    parameters and settings (from the checkpoint), and the same test metrics."""
+    data = tmp_path / "data"
+    write_inter(str(data / "tiny" / "tiny.inter"), n_users=40, n_items=30, min_len=8, max_len=12)
+    common = ["--dataset", "tiny", "--models", "SASRec", "--seeds", "3", "--no_plot", "--set", f"data_path={data}",
+              "--set", "epochs=3", "--set", "stopping_step=10", *TINY, "--checkpoint_dir", str(tmp_path / "ckpt")]
+    whole = results.main([*common, "--out", str(tmp_path / "whole")])[0]
+    again = results.main([*common, "--out", str(tmp_path / "lost")])[0]  # a fresh table, the same run's files
+    assert again["resumed_from"].endswith("-last.pth") and again["test"] == whole["test"]
+    for key in ("epochs", "best_epoch", "params", "curve", "settings"):
+        assert again[key] == whole[key], key
+    assert whole["epochs"] == 3 and len(whole["curve"]) == 3 and whole["params"] > 0

@@ -21,7 +21,10 @@ except ImportError:  # run as a script: benchmarks/ is sys.path[0]
 
 def step_flops(model, batch):
     with FlopCounterMode(display=False) as counter:
-        model.calculate_loss(batch).backward()
+        loss = model.calculate_loss(batch)
+        if isinstance(loss, tuple):  # several loss terms (TiMiRec's), summed as RecBole's trainer does
+            loss = sum(loss)
+        loss.backward()
     return counter.get_total_flops()
 
 

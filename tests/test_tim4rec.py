@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from conftest import cli_args, printed_metrics
 from recbole_timeplug.layers import ssd
-from recbole_timeplug.layers.ssd import SSDBackendError, softplus_dt, ssd_chunked, ssd_naive, ssd_scan
+from recbole_timeplug.layers.ssd import SSDBackendError, softplus_dt, ssd_chunked, ssd_last, ssd_naive, ssd_scan
 from recbole_timeplug.model.sequential_recommender.tim4rec import TiM4Rec, TiM4RecConfigError, TiSSD
 from recbole_timeplug.testing import ItemCountDataset, standalone_config
 
@@ -212,6 +212,33 @@ def test_fast_causal_conv_backward_matches_autograd(batch, channels, length, ker
     torch.testing.assert_close(w2.grad, grads[0][2], rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("length,ngroups", [(37, 1), (37, 2), (1, 1), (300, 1)])
+def test_last_row_scan_matches_naive_recurrence_float64(length, ngroups):
+    """ssd_last = the recurrence's row last[b] (values and gradients), for first, middle and final rows."""
+    x, dt, A, B, C, D, dt_bias = _ssd_inputs(batch=4, length=length, ngroups=ngroups)
+    last = torch.tensor([0, length // 2, length - 1, max(length - 2, 0)])
+    rows = torch.arange(4)
+    leaves = [t.clone().requires_grad_() for t in (x, dt, A, B, C, D)]
+    grads = []
+    for path in ("naive", "last"):
+        xx, dd, AA, BB, CC, DD = (t.clone() for t in leaves)
+        delta = torch.log1p(torch.exp(dd + dt_bias))
+        if path == "naive":
+            y = ssd_naive(xx, delta, AA, BB, CC, DD)[rows, last]
+        else:
+            y = ssd_last(xx, delta, AA, BB, CC[rows, last], last, D=DD)
+        upstream = torch.randn(y.shape, dtype=y.dtype, generator=torch.Generator().manual_seed(1))
+        grads.append([y.detach()] + list(torch.autograd.grad((y * upstream).sum(), leaves)))
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)
+    # decay over hundreds of steps in float32 stays finite and close to the float64 recurrence
+    if length == 300:
+        x32, dt32, A32, B32, C32, D32 = (t.float() for t in (x, dt * 10, A, B, C, D))
+        y32 = ssd_last(x32, softplus_dt(dt32, dt_bias.float()), A32, B32, C32[rows, last], last, D=D32)
+        want = ssd_naive(x, softplus_dt(dt * 10, dt_bias), A, B, C, D)[rows, last]
+        torch.testing.assert_close(y32.double(), want, rtol=1e-4, atol=1e-4)
+
+
 def test_scan_is_causal():
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(length=29)
     n = 11
@@ -247,6 +274,34 @@ def test_model_matches_functional_reference(overrides):
     assert (got - expected).abs().max().item() <= 1e-9
     if not model.is_time:
         assert not any("time" in name for name, _ in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"is_time": False}, {}, {"p2p_residual": True, "conv_activation": "silu", "num_layers": 1, "is_ffn": False},
+     {"time_mask_padding": True, "num_layers": 3}, {"chunk_size": 2, "time_transform": "log"}],
+    ids=["ssd_only", "time", "p2p_silu_1layer", "masked_3layers", "chunks_log"],
+)
+def test_last_row_forward_matches_full_encoding(overrides):
+    """forward() computes the last layer at row n - 1 only: the same r as the functional reference's row
+    n - 1, and the same loss gradients as the full encoding gathered at n - 1 (eval mode, dropout off)."""
+    model = _model(**overrides).double().eval()
+    seq, lengths, times = _batch(model)
+    rows = torch.arange(seq.shape[0])
+    expected = _reference_encode(model, seq, lengths, times)[rows, lengths - 1]
+    assert (model(seq, lengths, times) - expected).abs().max().item() <= 1e-9
+    target = torch.randint(1, model.n_items, (seq.shape[0],), generator=torch.Generator().manual_seed(2))
+    grads = []
+    for r in (model.gather_indexes(model.encode(seq, lengths, times), lengths - 1), model(seq, lengths, times)):
+        loss = F.cross_entropy(r @ model.item_embedding.weight.T, target)
+        grads.append(dict(zip(dict(model.named_parameters()), torch.autograd.grad(loss, list(model.parameters()),
+                                                                                   allow_unused=True))))
+    for name, want in grads[0].items():
+        got = grads[1][name]
+        if want is None:  # the last layer's time-feature update feeds nothing, in either path
+            assert got is None or not got.abs().max(), name
+            continue
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_log_time_transform_hand_computed():

@@ -17,6 +17,8 @@ What is here, each tested against the one above it:
 * :func:`ssd_chunked` - the chunked block decomposition of mamba's ``ssd_minimal_discrete`` (intra-chunk
   quadratic form + inter-chunk state passing), in plain PyTorch, with the stable segment-sum and right
   padding to a multiple of the chunk, so any length L works;
+* :func:`ssd_last` - the output at one position per sequence (what a last layer feeds the loss), as
+  the dual form's weighted sum over that row, O(L) per sequence;
 * :func:`gated_rms_norm` - ``w * g / sqrt(mean(g^2) + eps)`` with ``g = y * silu(z)`` (mamba's
   ``RMSNorm(norm_before_gate=False)``), computed in fp32;
 * :func:`causal_depthwise_conv1d` - Mamba's local causal conv (left context only), with a hand-written
@@ -202,6 +204,47 @@ def _inter_chunk_output(xd, a_cumsum, Bc, Cc, head_group):
     if one_group:
         return torch.einsum("bcln,bchpn,bhcl->bclhp", Cc[:, :, :, 0], states, torch.exp(a_cumsum))
     return torch.einsum("bclhn,bchpn,bhcl->bclhp", Cc[:, :, :, head_group], states, torch.exp(a_cumsum))
+
+
+def ssd_last(x, delta, A, B, C_last, last, D=None):
+    """The SSD output at one position per sequence, ``y[b, last[b]]``, in O(L) per sequence.
+
+    A recommender's loss and its scores read one hidden state per sequence (the last real item's), so the
+    last layer needs one output row, not all L.  The dual form for one row i,
+
+        y_i = sum_{j<=i} exp(A sum_{m=j+1..i} Delta_m) Delta_j (C_i . B_j) x_j + D x_i,
+
+    is a weighted sum over j with one weight per (j, head): no L x L block, no chunks, any L.  The segment
+    sums are a reversed cumulative sum of exactly the terms m in (j, i] (every one A Delta_m <= 0, so no
+    cancellation), as :func:`segsum` sums them for the chunked scan.
+
+    Args:
+        x: (batch, L, H, P); delta: (batch, L, H) positive steps (already softplus-ed); A: (H,);
+        B: (batch, L, G, N); C_last: (batch, G, N), C at each sequence's position ``last``;
+        last: (batch,) int positions 0 <= last < L; D: (H,) or None.
+    Returns:
+        (batch, H, P) in the dtype of ``x`` (computed in fp32, fp64 if given fp64), equal to
+        ``ssd_naive(...)[arange(batch), last]`` up to float summation order (tested).
+    """
+    batch, length, nheads, _ = x.shape
+    ngroups = B.shape[2]
+    out_dtype = x.dtype
+    dtype = torch.float64 if torch.float64 in (x.dtype, delta.dtype, B.dtype) else torch.float32
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x, delta, A, B, C_last = (t.to(dtype) for t in (x, delta, A, B, C_last))
+        rows = torch.arange(batch, device=x.device)
+        upto = torch.arange(length, device=x.device)[None, :] <= last[:, None]  # (b, L): j <= i
+        a = (A * delta).masked_fill(~upto[..., None], 0.0)  # (b, L, H); terms after i never enter
+        # seg[j] = sum_{m=j+1..L-1} a[m] = sum_{m=j+1..i} A Delta_m: shift by one, then a reversed cumsum
+        seg = torch.cumsum(F.pad(a[:, 1:], (0, 0, 0, 1)).flip(1), dim=1).flip(1)
+        cb = torch.einsum("bgn,blgn->blg", C_last, B)  # (b, L, G): C_i . B_j
+        if ngroups > 1:
+            cb = cb[:, :, torch.arange(nheads, device=x.device) // (nheads // ngroups)]
+        weight = (torch.exp(seg) * delta * cb).masked_fill(~upto[..., None], 0.0)  # (b, L, H)
+        y = torch.einsum("blh,blhp->bhp", weight, x)
+        if D is not None:
+            y = y + D.to(dtype)[:, None] * x[rows, last]
+    return y.to(out_dtype)
 
 
 # --------------------------------------------------------------------------------------- norms, conv
@@ -460,6 +503,7 @@ __all__ = [
     "segsum",
     "softplus_dt",
     "ssd_chunked",
+    "ssd_last",
     "ssd_naive",
     "ssd_scan",
 ]

@@ -21,7 +21,8 @@ H = d_in / head_dim SSD heads, N d_state, k d_conv):
                     T_next = LN_L(G * T + (1 - G) * U)
 * block             H = LN(Dropout(O) + X)  (no residual when num_layers == 1, as the official code)
                     X_next = LN_1e-12(Dropout(W2 Dropout(Hardswish(W1 H))) + H)   if is_ffn (inner 4d)
-* output            r = X[n - 1];  scores = r E^T;  loss = full-softmax cross-entropy.
+* output            r = X[n - 1];  scores = r E^T;  loss = full-softmax cross-entropy.  The last layer is
+                    computed at row n - 1 only (``ssd_last``; docs/models.md §2.5); ``encode`` gives every row.
 
 The time branch runs in fp32 under autocast (gaps ~1e9 s overflow fp16).  The SSD scan runs either as a
 chunked pure-PyTorch scan or mamba-ssm's Triton kernel (``ssd_backend``, ``layers/ssd.py``), same
@@ -41,6 +42,7 @@ semantics.  Switches beyond the official code (defaults = official behaviour):
 import math
 
 import torch
+import torch.nn.functional as F
 from recbole.model.abstract_recommender import SequentialRecommender
 from torch import nn
 
@@ -52,7 +54,10 @@ from recbole_timeplug.layers.ssd import (
     at_least_fp32,
     describe_backend_choice,
     gated_norm,
+    gated_rms_norm,
     resolve_ssd_backend,
+    softplus_dt,
+    ssd_last,
     ssd_scan,
 )
 from recbole_timeplug.validation import ConfigChecks
@@ -161,19 +166,20 @@ class TiSSD(nn.Module):
             T_next = masked_layer_norm(G * T + (1.0 - G) * U, self.time_norm, valid)
         return U, T_next
 
-    def forward(self, X, T=None, valid=None):
-        """X (B, L, d), T (B, H, L) or None, valid (B, 1, L) bool or None -> (O (B, L, d), T_next)."""
+    def forward(self, X, T=None, valid=None, last=None):
+        """X (B, L, d), T (B, H, L) or None, valid (B, 1, L) bool or None -> (O (B, L, d), T_next).
+
+        With ``last`` ((B,) positions) only the output row ``O[b, last[b]]`` is computed, (B, d): the
+        gate z and C are read at that row only and the scan is :func:`ssd_last` (the last layer's case:
+        the loss and the scores read one row)."""
         batch, length, _ = X.shape
+        if last is not None:
+            return self._forward_last(X, T, valid, last)
         backend = self.backend_for(X.device)
         z, xBC, dt = torch.split(
             self.in_proj(X), [self.d_inner, self.d_inner + 2 * self.d_state, self.nheads], dim=-1
         )
-        xBC = self.act(self.conv1d(xBC.transpose(1, 2))).transpose(1, 2)
-        T_next = None
-        if self.is_time:
-            U, T_next = self.time_factor(T, valid)
-            dt = at_least_fp32(dt) * U.transpose(1, 2)  # time rescales dt before bias + softplus
-        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        x, B, C, dt, T_next = self._mix_inputs(xBC, dt, T, valid)
         A = -torch.exp(at_least_fp32(self.A_log))
         y = ssd_scan(
             x.reshape(batch, length, self.nheads, self.head_dim),
@@ -188,6 +194,40 @@ class TiSSD(nn.Module):
         ).reshape(batch, length, self.d_inner)
         y = gated_norm(y, z, self.norm_weight, self.norm_eps, backend=backend)
         return self.out_proj(y), T_next
+
+    def _mix_inputs(self, xBC, dt, T, valid):
+        """Local causal conv of xBC and the time factor on dt: (x, B, C, dt, T_next), every position."""
+        xBC = self.act(self.conv1d(xBC.transpose(1, 2))).transpose(1, 2)
+        T_next = None
+        if self.is_time:
+            U, T_next = self.time_factor(T, valid)
+            dt = at_least_fp32(dt) * U.transpose(1, 2)  # time rescales dt before bias + softplus
+        x, B, C = torch.split(xBC, [self.d_inner, self.d_state, self.d_state], dim=-1)
+        return x, B, C, dt, T_next
+
+    def _forward_last(self, X, T, valid, last):
+        """``forward`` for the output rows ``last`` only: O (B, d).  The in-projection's z rows (the gate,
+        read at the output row only) are applied to that row alone; x, B and dt are needed at every j <= i."""
+        batch, length, _ = X.shape
+        rows = torch.arange(batch, device=X.device)
+        weight, bias = self.in_proj.weight, self.in_proj.bias
+        d_in = self.d_inner
+        z = F.linear(X[rows, last], weight[:d_in], None if bias is None else bias[:d_in])
+        xBC, dt = torch.split(
+            F.linear(X, weight[d_in:], None if bias is None else bias[d_in:]),
+            [d_in + 2 * self.d_state, self.nheads], dim=-1,
+        )
+        x, B, C, dt, T_next = self._mix_inputs(xBC, dt, T, valid)
+        y = ssd_last(
+            x.reshape(batch, length, self.nheads, self.head_dim),
+            softplus_dt(dt, self.dt_bias),
+            -torch.exp(at_least_fp32(self.A_log)),
+            B.reshape(batch, length, 1, self.d_state),
+            C[rows, last].reshape(batch, 1, self.d_state),
+            last,
+            D=self.D,
+        ).reshape(batch, d_in)
+        return self.out_proj(gated_rms_norm(y, z, self.norm_weight, self.norm_eps)), T_next
 
 
 class TiM4RecLayer(nn.Module):
@@ -210,9 +250,12 @@ class TiM4RecLayer(nn.Module):
             )
             self.ffn_norm = nn.LayerNorm(d_model, eps=FFN_NORM_EPS)
 
-    def forward(self, X, T=None, valid=None):
-        out, T_next = self.tissd(X, T, valid)
+    def forward(self, X, T=None, valid=None, last=None):
+        """(B, L, d) hidden states, or (B, d) at the rows ``last`` only (see ``TiSSD.forward``)."""
+        out, T_next = self.tissd(X, T, valid, last)
         out = self.dropout(out)
+        if last is not None:
+            X = X[torch.arange(X.shape[0], device=X.device), last]
         hidden = self.norm(out + X if self.residual else out)
         if self.is_ffn:
             hidden = self.ffn_norm(self.ffn(hidden) + hidden)
@@ -326,11 +369,27 @@ class TiM4Rec(SequentialRecommender):
         return tau.unsqueeze(1).expand(-1, self.nheads, -1)
 
     def forward(self, item_seq, item_seq_len, time_seq=None):
-        """User representations r = X[n - 1] (B, d)."""
-        return self.gather_indexes(self.encode(item_seq, item_seq_len, time_seq), item_seq_len - 1)
+        """User representations r = X[n - 1] (B, d).
+
+        The last layer computes its output at position n - 1 only (``TiSSD._forward_last``): the same r as
+        ``encode(...)[n - 1]`` (tested), without the L - 1 rows nobody reads (its out-projection, FFN and
+        most of the scan).  Dropout inside that layer then draws masks for the one row, another random
+        stream than the full encoding's, the same distribution for every value r depends on."""
+        X, T, valid = self._embed(item_seq, item_seq_len, time_seq)
+        for layer in self.layers[:-1]:
+            X, T = layer(X, T, valid)
+        return self.layers[-1](X, T, valid, last=item_seq_len - 1)[0]
 
     def encode(self, item_seq, item_seq_len, time_seq=None):
-        """Hidden states at every position (B, L, d)."""
+        """Hidden states at every position (B, L, d): the reference ``forward`` is tested against."""
+        X, T, valid = self._embed(item_seq, item_seq_len, time_seq)
+        for layer in self.layers:
+            X, T = layer(X, T, valid)
+        return X
+
+    def _embed(self, item_seq, item_seq_len, time_seq):
+        """(X0, T0, valid): the embedded items, the time feature (None when time-blind) and the padding mask
+        (None unless ``time_mask_padding``)."""
         if item_seq.shape[1] != self.max_seq_length:
             raise ModelConfigError(
                 f"TiM4Rec: got sequences of length {item_seq.shape[1]}, but the time branch is built for "
@@ -345,9 +404,7 @@ class TiM4Rec(SequentialRecommender):
                 positions = torch.arange(item_seq.shape[1], device=item_seq.device)
                 valid = (positions[None, :] < item_seq_len[:, None]).unsqueeze(1)  # (B, 1, L)
             T = self.time_feature(time_seq, valid)
-        for layer in self.layers:
-            X, T = layer(X, T, valid)
-        return X
+        return X, T, valid
 
     def _encode(self, interaction):
         time_seq = interaction[self.TIME_SEQ] if self.is_time else None

@@ -248,6 +248,37 @@ def test_model_matches_reference_official_forward():
     assert (ours - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize(
+    "overrides,train",
+    [({}, False), ({"n_layers": 1}, False), ({"interval_dropout": "pair"}, True), ({"interval_mask": "used"}, True),
+     ({"interval_mask": "table"}, True)],
+    ids=["eval", "one_block", "pair_train", "used_train", "table_train"],
+)
+def test_last_block_rows_match_the_full_forward(monkeypatch, overrides, train):
+    """The user representation computes the last block at row n - 1 only: the same values and loss
+    gradients as the full forward gathered at n - 1 (float64).  Training variants run with dropout made the
+    identity, so each interval-dropout layout's own path (per-pair tensors, used or full tables) is the one
+    compared."""
+    if train:
+        monkeypatch.setattr(torch.nn.Dropout, "forward", lambda self, x: x)
+    model = _model(**overrides).double().train(train)
+    items, lengths, times = _batch()
+    rows = torch.arange(items.shape[0])
+    target = torch.randint(1, 30, (items.shape[0],), generator=torch.Generator().manual_seed(2))
+    results = []
+    for rep in (lambda: model(items, lengths, times)[rows, lengths - 1],
+                lambda: model._user_representation(_interaction(items, lengths, times))):
+        r = rep()
+        loss = F.cross_entropy(r @ model.item_embedding.weight.T, target)
+        params = [p for p in model.parameters()]
+        results.append([r.detach()] + list(torch.autograd.grad(loss, params, allow_unused=True)))
+    for want, got in zip(*results):
+        if want is None:
+            assert got is None or not got.abs().max()
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+
+
 @torch.no_grad()
 def test_real_positions_ignore_padding_content_and_the_future():
     model = _model().eval()

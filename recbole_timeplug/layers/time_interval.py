@@ -181,19 +181,20 @@ def bucketed_interval_attention(
     """Time-interval attention without B x L x L x d tensors (see module docstring).
 
     Args:
-        query, key, value: ``[B, L, d]`` projected Q, K, V.
+        query: ``[B, Lq, d]`` projected Q (Lq = L, or the one row a last block computes); key, value:
+            ``[B, L, d]`` projected K, V.
         pos_key, pos_value: ``[B, L, d]`` absolute-position embeddings P^K, P^V of the keys.
         interval_key, interval_value: interval tables M^RK, M^RV, ``[k+1, d]`` shared by the batch or
             ``[B, k+1, d]`` per sample (per-sample dropout masks).
-        intervals: ``[B, L, L]`` int64 bucket ids in ``[0, k]``.
-        allowed: ``[B, L, L]`` bool, True where query i may attend key j (causal and real key).
+        intervals: ``[B, Lq, L]`` int64 bucket ids in ``[0, k]`` (the queries' rows of R).
+        allowed: ``[B, Lq, L]`` bool, True where query i may attend key j (causal and real key).
         n_heads: number of heads h (d divisible by h).
         attn_dropout: optional callable applied to the attention weights (training).
     Returns:
-        ``[B, L, d]``.
+        ``[B, Lq, d]``.
     """
-    b, length, _ = query.shape
-    q = _split_heads(query, n_heads)  # [B,h,L,dh]
+    b = query.shape[0]
+    q = _split_heads(query, n_heads)  # [B,h,Lq,dh]
     # Q.K_j + Q.P^K_j = Q.(K_j + P^K_j): one matmul for both
     k = _split_heads(key + pos_key, n_heads)
     v = _split_heads(value + pos_value, n_heads)
@@ -201,7 +202,7 @@ def bucketed_interval_attention(
     ev = _split_heads(interval_value, n_heads)
     scale = 1.0 / math.sqrt(q.shape[-1])
 
-    index = intervals.unsqueeze(1).expand(b, n_heads, length, length)
+    index = intervals.unsqueeze(1).expand(b, n_heads, *intervals.shape[1:])  # [B,h,Lq,L]
     # einsum, not a broadcasting matmul: with a shared table it folds (B, L) into one GEMM per head
     # instead of B*h small strided ones (measured ~10x faster on CPU)
     table = "hrd" if ek.dim() == 3 else "bhrd"
@@ -223,7 +224,7 @@ def naive_interval_attention(
 ):
     """Reference: the paper's formula with explicit per-pair interval embeddings (official code's way).
 
-    ``pair_key``/``pair_value`` are ``[B, L, L, d]`` (R^K_ij = M^RK[R_ij], e.g. ``F.embedding(R, M^RK)``,
+    ``pair_key``/``pair_value`` are ``[B, Lq, L, d]`` (R^K_ij = M^RK[R_ij], e.g. ``F.embedding(R, M^RK)``,
     possibly with per-pair dropout). Same other arguments as :func:`bucketed_interval_attention`.
     """
     q = _split_heads(query, n_heads)
@@ -231,10 +232,10 @@ def naive_interval_attention(
     v = _split_heads(value, n_heads)
     pk = _split_heads(pos_key, n_heads)
     pv = _split_heads(pos_value, n_heads)
-    b, length, _, d = pair_key.shape
+    b, n_queries, length, d = pair_key.shape
     dh = d // n_heads
-    rk = pair_key.view(b, length, length, n_heads, dh).permute(0, 3, 1, 2, 4)  # [B,h,L,L,dh]
-    rv = pair_value.view(b, length, length, n_heads, dh).permute(0, 3, 1, 2, 4)
+    rk = pair_key.view(b, n_queries, length, n_heads, dh).permute(0, 3, 1, 2, 4)  # [B,h,Lq,L,dh]
+    rv = pair_value.view(b, n_queries, length, n_heads, dh).permute(0, 3, 1, 2, 4)
     scores = (
         torch.matmul(q, k.transpose(-1, -2))
         + torch.matmul(q, pk.transpose(-1, -2))

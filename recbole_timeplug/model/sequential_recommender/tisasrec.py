@@ -25,7 +25,8 @@ Equations implemented (d = ``hidden_size``, n = history length, L = ``MAX_ITEM_L
   e_ij = (Q_i.K_j + Q_i.P^K_j + Q_i.R^K_ij)/sqrt(d/h) with causal + padded-*key* mask; dropout on the
   softmax weights; z_i = sum_j a_ij (V_j + P^V_j + R^V_ij); no output projection; X = X^ + z;
   FFN pre-LN: X = LN(X) + Dropout(W_2 Dropout(ReLU(W_1 LN(X)))) with d x d layers; X zeroed at padding.
-  Final F = LN(X); user representation F at position n-1; score of item i = F . M^I_i.
+  Final F = LN(X); user representation F at position n-1; score of item i = F . M^I_i. The last block
+  computes row n-1 only (its queries and FFN; docs/models.md §1.4); ``forward`` without ``last`` gives every row.
 * Losses (``loss_type``): ``CE`` over all items (default; the project's common protocol), ``BPR`` and the
   paper's ``BCE`` (-log s(r_pos) - log(1 - s(r_neg)), one uniform negative per sample), plus the paper's
   L2 on the five embedding tables (``l2_emb`` * sum ||W||^2, the official code's Keras ``l2`` regulariser).
@@ -119,13 +120,26 @@ class TiSASRecBlock(nn.Module):
         self.forward_layernorm = nn.LayerNorm(hidden_size, eps=eps)
         self.feed_forward = PointWiseFeedForward(hidden_size, dropout_prob)
 
-    def forward(self, x, valid, pos_key, pos_value, interval_key, interval_value, intervals, allowed, naive):
-        normed = self.attention_layernorm(x)
+    def forward(self, x, valid, pos_key, pos_value, interval_key, interval_value, intervals, allowed, naive,
+                last=None):
+        """``[B, L, d]``; with ``last`` ((B,) positions) the output rows ``last`` only, ``[B, d]``: the
+        queries are those rows (keys and values stay every position), and the FFN is position-wise."""
+        if last is not None:
+            rows = torch.arange(x.shape[0], device=x.device)
+            normed = self.attention_layernorm(x[rows, last]).unsqueeze(1)  # [B, 1, d]
+            intervals, allowed = intervals[rows, last].unsqueeze(1), allowed[rows, last].unsqueeze(1)
+            if naive:  # per-pair [B, L, L, d] tensors: the queries' rows
+                interval_key = interval_key[rows, last].unsqueeze(1)
+                interval_value = interval_value[rows, last].unsqueeze(1)
+            valid = valid[rows, last].unsqueeze(1)
+        else:
+            normed = self.attention_layernorm(x)
         # queries from LN(X), keys/values from the un-normalised X; residual to LN(X) (official code)
         z = self.attention(normed, x, pos_key, pos_value, interval_key, interval_value, intervals, allowed, naive)
         x = normed + z
         x = self.feed_forward(self.forward_layernorm(x))
-        return x * valid.unsqueeze(-1)
+        x = x * valid.unsqueeze(-1)
+        return x if last is None else x[:, 0]
 
 
 class TiSASRec(SequentialRecommender):
@@ -225,8 +239,10 @@ class TiSASRec(SequentialRecommender):
             divisor = self.time_divisor(time_seq, item_seq_len, user)
             return interval_matrix(time_seq, item_seq_len, divisor, self.time_span, self.interval_rounding)
 
-    def forward(self, item_seq, item_seq_len, time_seq, user=None):
-        """Hidden states ``[B, L, d]`` (real positions only are meaningful)."""
+    def forward(self, item_seq, item_seq_len, time_seq, user=None, last=None):
+        """Hidden states ``[B, L, d]`` (real positions only are meaningful); with ``last`` ((B,) positions)
+        the states at those positions only, ``[B, d]``, the last block computing just those rows (its
+        queries, FFN and dropout masks; the same values as the full states gathered there, tested)."""
         batch, width = item_seq.shape
         valid = history_mask(item_seq_len, width)
         arange = torch.arange(width, device=item_seq.device)
@@ -268,15 +284,15 @@ class TiSASRec(SequentialRecommender):
             interval_value = self.interval_value_embedding.weight
 
         # the dropped embeddings are computed once and shared by all blocks, as in the official code
-        for block in self.blocks:
-            x = block(x, valid, pos_key, pos_value, interval_key, interval_value, intervals, allowed, naive)
+        for i, block in enumerate(self.blocks):
+            rows = last if i == len(self.blocks) - 1 else None
+            x = block(x, valid, pos_key, pos_value, interval_key, interval_value, intervals, allowed, naive, rows)
         return self.last_layernorm(x)
 
     def _user_representation(self, interaction):
         user = interaction[self.USER_ID] if self.time_scale == "user_min_train" else None
         seq_len = interaction[self.ITEM_SEQ_LEN]
-        hidden = self.forward(interaction[self.ITEM_SEQ], seq_len, interaction[self.TIME_SEQ], user)
-        return self.gather_indexes(hidden, seq_len - 1)
+        return self.forward(interaction[self.ITEM_SEQ], seq_len, interaction[self.TIME_SEQ], user, last=seq_len - 1)
 
     def _l2_embeddings(self):
         tables = (

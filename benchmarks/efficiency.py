@@ -26,7 +26,7 @@ included) at every L, so the ratios do not depend on the machine's load at anoth
   not seen).
 
 Writes ``<out>/efficiency.md`` (+ ``efficiency.json``, and ``efficiency.png``: log-log training time vs L,
-needs matplotlib). Failures (out of memory, missing fields, ...) appear in the table, never abort the run.
+needs matplotlib; ``--render --out <out>`` redraws md and plot from the JSON without measuring). Failures (out of memory, missing fields, ...) appear in the table, never abort the run.
 """
 
 import argparse
@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--out", default="results")
     p.add_argument("--no_plot", action="store_true")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: re-write <out>/efficiency.md and the plot from <out>/efficiency.json "
+                        "(e.g. after installing matplotlib)")
     a = p.parse_args(argv)
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
     if "SASRec" in a.models:
@@ -417,9 +420,24 @@ def plot(path, rows):
     return True
 
 
+def render(out):
+    """Re-write ``<out>/efficiency.md`` and its plot from ``<out>/efficiency.json`` (the rows and the command
+    that measured them); returns the rows."""
+    with open(os.path.join(out, "efficiency.json"), encoding="utf-8") as f:
+        data = json.load(f)
+    env, rows = data["environment"], data["rows"]
+    drew = plot(os.path.join(out, "efficiency.png"), rows)
+    write_markdown(os.path.join(out, "efficiency.md"), parse_args(env["argv"]), rows, env,
+                   "efficiency.png" if drew else None)
+    print(f"efficiency.py: rendered {os.path.join(out, 'efficiency.md')} from its JSON")
+    return rows
+
+
 def main(argv=None):
     raw_argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render:
+        return render(args.out)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     import torch
 

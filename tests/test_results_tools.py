@@ -438,6 +438,10 @@ def test_efficiency_tiny_cpu(tmp_path):
     md = (out / "efficiency.md").read_text()
     assert "| 16 | GRU4Rec |" in md and "**failed**: UnknownModelError" in md
     assert json.loads((out / "efficiency.json").read_text())["rows"][0]["model"] == "SASRec"
+    # --render measures nothing and writes the same table from the JSON
+    (out / "efficiency.md").write_text("stale")
+    assert efficiency.main(["--render", "--out", str(out)]) == json.loads((out / "efficiency.json").read_text())["rows"]
+    assert (out / "efficiency.md").read_text() == md
 
 
 def test_efficiency_interleaves_the_timed_steps(tmp_path, monkeypatch):

@@ -1,8 +1,11 @@
-"""A model (default ARERec) vs RecBole's SASRec in one process on real data (RecBole's shipped ml-100k):
-training-step time and one full-sort validation pass.
+"""A model (default ARERec) vs RecBole's SASRec in one process on real data (RecBole's shipped ml-100k, or
+``--dataset`` / ``--data_path``): training-step time and one full-sort validation pass.
 
     OMP_NUM_THREADS=1 python benchmarks/ml100k_speed.py --threads 1 --length 50 --batch_sizes 16,1024
     OMP_NUM_THREADS=1 python benchmarks/ml100k_speed.py --model TiSASRec --length 20 --batch_sizes 1024
+    # a Grocery-sized set (6,400 users, 4,400 items, short histories):
+    python benchmarks/synthetic.py --out /tmp/syn --name syn-6k --n_users 6400 --n_items 4400 --n_interactions 100000 --min_len 5
+    OMP_NUM_THREADS=1 python benchmarks/ml100k_speed.py --no_train --dataset syn-6k --data_path /tmp/syn
 
 Unlike ``step_ratio.py`` / ``efficiency.py`` (synthetic batches, distinct timestamps, CE for every model) this
 times what a user's run does: the real sequences, times (51 % of ml-100k's consecutive gaps are 0 s) and
@@ -42,7 +45,7 @@ def parse_value(text):
     return yaml.safe_load(text)
 
 
-def build(model_name, length, batch_size, overrides):
+def build(model_name, length, batch_size, overrides, dataset="ml-100k", data_path=None):
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
@@ -51,8 +54,10 @@ def build(model_name, length, batch_size, overrides):
 
     config_dict = {"state": "ERROR", "MAX_ITEM_LIST_LENGTH": length, "train_batch_size": batch_size,
                    "show_progress": False, "device": "cpu", "use_gpu": False, "checkpoint_dir": CHECKPOINT_DIR}
+    if data_path:
+        config_dict["data_path"] = data_path
     config_dict.update(overrides)
-    config = Config(model=model_name, dataset="ml-100k",
+    config = Config(model=model_name, dataset=dataset,
                     config_file_list=[os.path.join(REPO, "configs", "ml-100k_results.yaml")], config_dict=config_dict)
     init_seed(config["seed"], True)
     dataset = create_dataset(config)
@@ -94,6 +99,8 @@ def main(argv=None):
     p.add_argument("--no_train", action="store_true")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--dataset", default="ml-100k", help="any RecBole dataset with user_id, item_id, timestamp")
+    p.add_argument("--data_path", default=None, help="its folder's parent (default: RecBole's shipped data)")
     args = p.parse_args(argv)
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from sys.argv
     import torch
@@ -110,7 +117,7 @@ def main(argv=None):
     for bs in ([] if args.no_train else [int(x) for x in args.batch_sizes.split(",")]):
         runs = {}
         for name, extra in (("SASRec", {}), (args.model, overrides)):
-            config, model, trainer, train_data, _ = build(name, args.length, bs, extra)
+            config, model, trainer, train_data, _ = build(name, args.length, bs, extra, args.dataset, args.data_path)
             model.train()
             runs[name] = (model, trainer.optimizer, batches(train_data, args.warmup + args.steps))
         times = {name: [] for name in runs}
@@ -136,7 +143,7 @@ def main(argv=None):
     if not args.no_eval:
         runs = {}
         for name, extra in (("SASRec", {}), (args.model, overrides)):
-            config, model, trainer, _, valid_data = build(name, args.length, 1024, extra)
+            config, model, trainer, _, valid_data = build(name, args.length, 1024, extra, args.dataset, args.data_path)
             runs[name] = (trainer, valid_data)
         times = {name: [] for name in runs}
         results = {}
@@ -146,7 +153,7 @@ def main(argv=None):
                 results[name] = trainer.evaluate(valid_data, load_best_model=False)
                 times[name].append(time.perf_counter() - start)
         med = {name: statistics.median(t) for name, t in times.items()}
-        print(f"validation pass (full sort, ml-100k): SASRec {med['SASRec']:.2f} s, {args.model} {med[args.model]:.2f} s, "
+        print(f"validation pass (full sort, {args.dataset}, {len(valid_data.dataset.inter_feat):,} users): SASRec {med['SASRec']:.2f} s, {args.model} {med[args.model]:.2f} s, "
               f"ratio {med[args.model] / med['SASRec']:.2f}x; {args.model} (untrained) {dict(results[args.model])}", flush=True)
         if args.profile:
             from torch.profiler import ProfilerActivity, profile

@@ -244,14 +244,14 @@ def test_recent_window_full_sort_with_small_tables_and_row_chunks(small, table_f
     items = torch.arange(model.n_items).expand(u.shape[0], -1)
     index = model.neighbor_index
     blocks = []  # (items, rows) of every block full ranking visits
-    edge_users = index.edge_users
+    count_before = index.count_before
 
-    def recording(start, pos, valid, query_users):
-        blocks.append(tuple(pos.shape[1:]))  # pos [W, C, b]
-        return edge_users(start, pos, valid, query_users)
+    def recording(block_items, query_time):
+        blocks.append(tuple(block_items.shape[::-1]))  # block_items [b, C]
+        return count_before(block_items, query_time)
 
     with torch.no_grad(), pytest.MonkeyPatch.context() as mp:
-        mp.setattr(index, "edge_users", recording)
+        mp.setattr(index, "count_before", recording)
         fast = model.full_sort_predict(batch)
     with torch.no_grad():
         literal = model._score_reference(u, items, t)

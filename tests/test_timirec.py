@@ -138,16 +138,29 @@ def test_extractor_matches_per_sequence_reference():
 
 
 def test_student_gru_takes_the_last_real_item():
+    """The student's state is the GRU's after each history's last real item: against each history run alone
+    (no padding), in float64, values and the gradients of every parameter; an empty history (length 0, never made
+    by RecBole) reads its first slot; padding wider than every history does not change anything."""
     torch.manual_seed(2)
-    pred = InterestPredictor(20, 6)
-    seqs = [[3, 4, 5], [7], [1, 2, 3, 4, 5]]
-    item_seq = torch.zeros(3, 5, dtype=torch.long)
+    pred = InterestPredictor(20, 6).double()
+    seqs = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6], [], [9, 8]]
+    item_seq = torch.zeros(len(seqs), 8, dtype=torch.long)  # two slots wider than the longest history
     for b, s in enumerate(seqs):
-        item_seq[b, : len(s)] = torch.tensor(s)
-    got = pred(item_seq, torch.tensor([len(s) for s in seqs]))
+        item_seq[b, : len(s)] = torch.tensor(s, dtype=torch.long)
+    lengths = torch.tensor([len(s) for s in seqs])
+    got = pred(item_seq, lengths)
+    weights = torch.randn_like(got)
+    grads = torch.autograd.grad((got * weights).sum(), list(pred.parameters()))
+    alone = []
     for b, s in enumerate(seqs):
-        _, h = pred.gru(pred.item_embedding(torch.tensor(s)).unsqueeze(0))
-        assert torch.allclose(got[b], h[-1, 0], atol=1e-6)
+        _, h = pred.gru(pred.item_embedding(torch.tensor(s or [0])).unsqueeze(0))
+        alone.append(h[-1, 0])
+    alone = torch.stack(alone)
+    expected_grads = torch.autograd.grad((alone * weights).sum(), list(pred.parameters()))
+    torch.testing.assert_close(got, alone, rtol=1e-12, atol=1e-12)
+    for g, e in zip(grads, expected_grads):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    assert got[1].ne(got[4]).all() and got[3].ne(0).any()  # rows really differ; the empty one is its first slot's state
 
 
 # --------------------------------------------------------------------------------- scoring / routing

@@ -127,12 +127,18 @@ class InterestPredictor(nn.Module):
         self.gru = nn.GRU(embedding_size, embedding_size, num_layers=1, batch_first=True)
 
     def forward(self, item_seq, item_seq_len):
-        emb = self.item_embedding(item_seq)
-        packed = nn.utils.rnn.pack_padded_sequence(
-            emb, item_seq_len.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
-        )
-        _, h_n = self.gru(packed)  # packing makes h_n the state after the last *real* item
-        return h_n[-1]
+        """``h`` after the last real item of each row (an empty history: after its first slot).
+
+        The GRU is causal and RecBole pads on the right, so its output at slot n - 1 of the padded row is that state:
+        the rows run unpacked, over the batch's longest history only, and the output is gathered at n - 1 (as
+        RecBole's GRU4Rec does).  ``pack_padded_sequence`` would skip the padded steps, but torch's CPU GRU then
+        slices the packed input once per step and each slice's backward writes a zero tensor of the whole input: an
+        O(L^2) backward (B = 16, L = 500: 1.02 s against 0.18 s per forward and backward).  The gathered state is the
+        packed one to float rounding (tested against each history run alone, values and gradients)."""
+        last = (item_seq_len - 1).clamp(min=0)
+        width = int(last.max()) + 1 if last.numel() else 1
+        out, _ = self.gru(self.item_embedding(item_seq[:, :width]))  # [B, width, d]
+        return out.gather(1, last.view(-1, 1, 1).expand(-1, 1, out.shape[-1])).squeeze(1)
 
 
 def build_projection(embedding_size, n_interests, n_layers, dropout=0.5):

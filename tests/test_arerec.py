@@ -232,13 +232,19 @@ def test_recent_window_full_sort_equals_the_literal_formulation(small, overrides
     assert (recent > 0).any() and not torch.equal(recent, earliest)
 
 
-@pytest.mark.parametrize("table_floats, row_chunk", [(1, 3), (200, 5)], ids=["one-item-blocks", "cut-blocks"])
-def test_recent_window_full_sort_with_small_tables_and_row_chunks(small, table_floats, row_chunk):
+@pytest.mark.parametrize(
+    "table_floats, row_chunk, int32_limit",
+    [(1, 3, 1 << 31), (200, 5, 1 << 31), (200, 5, 0)],
+    ids=["one-item-blocks", "cut-blocks", "cut-blocks-int64-indices"],
+)
+def test_recent_window_full_sort_with_small_tables_and_row_chunks(small, table_floats, row_chunk, int32_limit):
     """``_full_sort_recent`` cuts item blocks to ``recent_table_floats`` floats of its (LCU, position) table and
     rows to ``recent_row_chunk``: blocks of one item (every block cut) and of a few items must still give the literal
-    scores, and the cut must really happen on this data."""
+    scores, and the cut must really happen on this data; so must its int64 indices (used where a chunk's flattened
+    (row, user) logits would overflow int32)."""
     model = _model(small, neighbor_window="recent", max_neighbors=None, eval_item_chunk=7).eval()
     model.recent_table_floats, model.recent_row_chunk = table_floats, row_chunk
+    model.recent_int32_limit = int32_limit
     batch = next(iter(small["test"]))[0]
     u, t = batch["user_id"], model.query_time(batch)
     items = torch.arange(model.n_items).expand(u.shape[0], -1)

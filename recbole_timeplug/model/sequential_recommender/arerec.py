@@ -119,6 +119,8 @@ class ARERec(SequentialRecommender):
     # = the default eval_user_chunk, 0.77x the pass time of 64 rows on ml-100k, at most ~23 MB at W = 50, C = 32)
     recent_table_floats = 1 << 22
     recent_row_chunk = 256
+    # its (row, user) indices are int32 below this many entries of a chunk's flattened logits, int64 from it on
+    recent_int32_limit = 1 << 31
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -696,15 +698,18 @@ class ARERec(SequentialRecommender):
             y = self.user_embedding.weight.unsqueeze(0)  # [1, U, d]: the neighbour's embedding itself
         n_heads = y.shape[0]
         hole = self.n_users  # E's sentinel user: an empty slot
+        row_chunk = min(row_step, self.recent_row_chunk)
+        # indices into a chunk's flattened [b (U + 1)] logits: int32 halves their traffic where it cannot overflow
+        index_dtype = torch.int32 if row_chunk * (hole + 1) < self.recent_int32_limit else torch.int64
         chunks = []
-        for rows, u, t, table in self._row_chunks(user, query_time, min(row_step, self.recent_row_chunk)):
+        for rows, u, t, table in self._row_chunks(user, query_time, row_chunk):
             b = u.shape[0]
             # [H, b, U + 1] logits of row i against every user (without attention: zeros), -inf at the holes
             lg = table.transpose(1, 2) if attention else y.new_zeros(1, b, self.n_users)
             lg = torch.cat([lg, lg.new_full((lg.shape[0], b, 1), float("-inf"))], dim=2)
             if index.exclude_self:
                 lg[:, torch.arange(b, device=u.device), u] = float("-inf")
-            offset = torch.arange(0, b * (hole + 1), hole + 1, device=u.device, dtype=torch.int32)  # row i's start
+            offset = torch.arange(0, b * (hole + 1), hole + 1, device=u.device, dtype=index_dtype)  # row i's start
             chunks.append((rows, u, t, lg.view(lg.shape[0], -1), offset))
         for items, slot, lcu, P in self._item_blocks(scores.shape[1], item_step, n_heads * r, self.recent_table_floats):
             C, W = lcu.shape
@@ -718,7 +723,7 @@ class ARERec(SequentialRecommender):
             # slot).  Rows x columns = (slot, head, k) x (item, c), so a chunk's gather of one column per (item, row)
             # is already laid out [W, H, r, C, b], like _full_sort_fast's ratings (no transpose per chunk)
             T = U.new_zeros(W, n_heads, r, C, P + 1)
-            E = edge_user.new_full((W, C, P + 1), hole, dtype=torch.int32)
+            E = edge_user.new_full((W, C, P + 1), hole, dtype=index_dtype)
             for m in range(min(W, P)):
                 T[m, ..., m + 1:] = U[m, ..., : P - m]
                 E[m, :, m + 1:] = edge_user[:, : P - m]
